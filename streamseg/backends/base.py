@@ -1,0 +1,125 @@
+"""The four SAM 2 graphs as one small interface, so the streaming tracker's
+orchestration is identical whichever runtime executes them (torch, ONNX Runtime,
+TensorRT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGeometry:
+    """Shape facts the orchestration needs; fixed once a model is built."""
+
+    image_size: int
+    hidden_dim: int
+    mem_dim: int
+    num_maskmem: int
+    max_obj_ptrs: int
+    feat_size: int  # side of the lowest-resolution feature map (image_size / 16)
+
+    @property
+    def low_res_size(self) -> int:
+        return self.feat_size * 4
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFeatures:
+    """Backbone outputs for a batch of images, already projected for the decoder."""
+
+    high_res_0: torch.Tensor  # [B, C/8, 4h, 4w]
+    high_res_1: torch.Tensor  # [B, C/4, 2h, 2w]
+    embed: torch.Tensor  # [B, C, h, w]
+    pos: torch.Tensor  # [1, C, h, w], identical for every image
+
+    @property
+    def batch(self) -> int:
+        return int(self.embed.shape[0])
+
+    def select(self, index: int) -> ImageFeatures:
+        sl = slice(index, index + 1)
+        return ImageFeatures(self.high_res_0[sl], self.high_res_1[sl], self.embed[sl], self.pos)
+
+    def expand(self, batch: int) -> ImageFeatures:
+        """View one image's features as a batch of `batch` tracks (no copy)."""
+        return ImageFeatures(
+            self.high_res_0.expand(batch, -1, -1, -1),
+            self.high_res_1.expand(batch, -1, -1, -1),
+            self.embed.expand(batch, -1, -1, -1),
+            self.pos,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.element_size() * t.nelement() for t in (self.high_res_0, self.high_res_1, self.embed)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderOutput:
+    low_res_logits: torch.Tensor  # [B, 1, 4h, 4w] float32, the selected mask
+    iou: torch.Tensor  # [B] predicted IoU of the selected mask
+    obj_ptr: torch.Tensor  # [B, C]
+    object_score_logits: torch.Tensor  # [B, 1]
+
+
+class SamGraphs(Protocol):
+    """What a backend must run. Tensors in and out are torch tensors on `device`."""
+
+    geometry: ModelGeometry
+    device: torch.device
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """`images`: [B, 3, S, S] normalised float32."""
+        ...
+
+    def decode(
+        self,
+        pix_feat: torch.Tensor,
+        high_res: tuple[torch.Tensor, torch.Tensor],
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        mask_logits: torch.Tensor | None,
+        multimask: bool,
+    ) -> DecoderOutput:
+        """Prompt encoder + mask decoder + object pointer. Coordinates in model pixels."""
+        ...
+
+    def attend_memory(
+        self,
+        curr: torch.Tensor,
+        curr_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        num_obj_ptr_tokens: int,
+    ) -> torch.Tensor:
+        """[HW, B, C] image tokens conditioned on [M, B, Cm] memory tokens."""
+        ...
+
+    def encode_memory(
+        self, pix_feat: torch.Tensor, mask_for_mem: torch.Tensor, object_score_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maskmem_features [B, Cm, h, w], maskmem_pos [1, Cm, h, w])."""
+        ...
+
+    def no_memory_embedding(self) -> torch.Tensor:
+        """[1, 1, C] added to image tokens on a frame that starts a track."""
+        ...
+
+    def memory_time_embedding(self) -> torch.Tensor:
+        """[num_maskmem, 1, 1, Cm] temporal encodings of memory slots."""
+        ...
+
+    def pointer_time_embedding(self, rel_pos: torch.Tensor) -> torch.Tensor:
+        """[K] relative frame distances (already normalised) -> [K, Cm]."""
+        ...
+
+    def uses_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool: ...
+
+    def mask_for_memory(self, high_res_logits: torch.Tensor, from_points: bool) -> torch.Tensor:
+        """Turn mask logits into the memory encoder's input (binarise or scaled sigmoid)."""
+        ...

@@ -1,0 +1,564 @@
+"""The streaming tracker: SAM 2 run frame by frame with bounded per-track memory.
+
+Meta's `SAM2VideoPredictor` needs the whole video and keeps every frame's state;
+this runs the same networks (through `SamGraphs`) on one frame at a time. One
+image encoding per frame is shared by all tracks, tracks whose memory layouts
+match are batched, and each track's memory is a `TrackMemory` of fixed size.
+Not thread-safe: one inference thread owns a tracker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamseg.backends.base import DecoderOutput, ImageFeatures, SamGraphs
+from streamseg.model.errors import (
+    InvalidFrameError,
+    InvalidPromptError,
+    NoFrameYetError,
+    TooManyTracksError,
+    UnknownTrackError,
+)
+from streamseg.model.memory import MemoryEntry, MemoryLayout, TrackMemory
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+PREV_LOGITS_CLAMP = 32.0
+BOX_LABELS = (2, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerSettings:
+    max_tracks: int = 16
+    # Meta keeps every prompted frame; a live stream must cap them (oldest evicted).
+    max_cond_frames: int = 4
+    # Frames whose image features are kept so a prompt lands on the frame it was made on.
+    history: int = 8
+    # Like Meta's `add_all_frames_to_correct_as_cond=True`: a correction click stays in
+    # memory as a conditioning frame instead of fading out after num_maskmem frames.
+    corrections_as_cond: bool = True
+    max_frame_side: int = 8192
+    # CUDA only: run the graphs under autocast with this dtype ("bfloat16"/"float16").
+    autocast_dtype: str | None = None
+    # Synchronise the device around each stage so stage timings are exact (benchmarks).
+    sync_timings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tracks < 1 or self.max_cond_frames < 1 or self.history < 1:
+            raise ValueError("max_tracks, max_cond_frames and history must be >= 1")
+        if self.autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError("autocast_dtype must be None, 'bfloat16' or 'float16'")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackResult:
+    track_id: int
+    mask: np.ndarray  # [H, W] bool at the frame's resolution
+    low_res_logits: np.ndarray  # [4h, 4w] float32
+    score: float  # the decoder's predicted IoU for the mask
+    object_score: float  # probability that the object is visible
+    present: bool
+    bbox: tuple[int, int, int, int] | None  # x0, y0, x1, y1 (exclusive)
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass(slots=True)
+class StageTimes:
+    encoder: float = 0.0
+    memory_attention: float = 0.0
+    decoder: float = 0.0
+    memory_encoder: float = 0.0
+    postprocess: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "encoder": self.encoder,
+            "memory_attention": self.memory_attention,
+            "decoder": self.decoder,
+            "memory_encoder": self.memory_encoder,
+            "postprocess": self.postprocess,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    seq: int
+    frame_idx: int
+    width: int
+    height: int
+    tracks: tuple[TrackResult, ...]
+    times: StageTimes
+
+    def track(self, track_id: int) -> TrackResult:
+        for t in self.tracks:
+            if t.track_id == track_id:
+                return t
+        raise UnknownTrackError(f"track {track_id} is not in the result of seq {self.seq}")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptOutcome:
+    track_id: int
+    created: bool
+    requested_seq: int | None
+    applied_seq: int
+    exact: bool  # applied on the frame it named (False: it was too old or unknown)
+    caught_up_frames: int
+    result: TrackResult  # the track on the newest processed frame
+
+
+@dataclass(frozen=True, slots=True)
+class _FrameRecord:
+    frame_idx: int
+    seq: int
+    width: int
+    height: int
+    features: ImageFeatures
+
+
+@dataclass(slots=True)
+class _Track:
+    track_id: int
+    memory: TrackMemory
+    init_pending_at: int | None = None  # prompted frame not yet followed by a step
+    points_at: int | None = None
+    points: tuple[torch.Tensor, torch.Tensor] | None = None  # model coords [1,P,2], labels [1,P]
+    last: TrackResult | None = None
+
+
+class _StageClock:
+    def __init__(self, times: StageTimes, device: torch.device, sync: bool) -> None:
+        self.times = times
+        self._sync = sync and device.type == "cuda"
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self._sync:
+            torch.cuda.synchronize()
+        setattr(self.times, name, getattr(self.times, name) + time.perf_counter() - start)
+
+
+class StreamTracker:
+    def __init__(self, graphs: SamGraphs, settings: TrackerSettings | None = None) -> None:
+        self.graphs = graphs
+        self.settings = settings or TrackerSettings()
+        geo = graphs.geometry
+        self._geo = geo
+        self._device = self.graphs.device
+        self._history: deque[_FrameRecord] = deque(maxlen=self.settings.history)
+        self._tracks: dict[int, _Track] = {}
+        self._next_frame_idx = 0
+        self._last_seq: int | None = None
+        self._mean = torch.tensor(IMAGE_MEAN, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGE_STD, device=self._device).view(1, 3, 1, 1)
+        self._ptr_splits = geo.hidden_dim // geo.mem_dim
+        self._t_diff_max = geo.max_obj_ptrs - 1
+        self._maskmem_pos: torch.Tensor | None = None  # [hw, Cm], the same for every memory
+
+    # ---- public API -----------------------------------------------------------------
+
+    @property
+    def track_ids(self) -> list[int]:
+        return sorted(self._tracks)
+
+    @property
+    def frames_processed(self) -> int:
+        return self._next_frame_idx
+
+    @property
+    def last_seq(self) -> int | None:
+        return self._last_seq
+
+    def validate_frame(self, image: np.ndarray, seq: int) -> None:
+        if not isinstance(image, np.ndarray):
+            raise InvalidFrameError(f"frame must be a numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise InvalidFrameError(f"frame dtype must be uint8, got {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidFrameError(f"frame must be H x W x 3 (RGB), got shape {image.shape}")
+        h, w = image.shape[:2]
+        limit = self.settings.max_frame_side
+        if not (1 <= h <= limit and 1 <= w <= limit):
+            raise InvalidFrameError(f"frame sides must be 1..{limit}, got {w}x{h}")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise InvalidFrameError(f"seq must be an int, got {type(seq).__name__}")
+        if self._last_seq is not None and seq <= self._last_seq:
+            raise InvalidFrameError(f"seq must increase: got {seq} after {self._last_seq}")
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """RGB uint8 [H, W, 3] -> normalised [1, 3, S, S] on the model device."""
+        size = self._geo.image_size
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        x = torch.from_numpy(resized).to(self._device).permute(2, 0, 1)[None].float() / 255.0
+        return (x - self._mean) / self._std
+
+    def step(self, image: np.ndarray, seq: int) -> FrameResult:
+        """Encode one frame and track every track on it."""
+        self.validate_frame(image, seq)
+        times = StageTimes()
+        clock = _StageClock(times, self._device, self.settings.sync_timings)
+        with self._inference():
+            with clock.stage("encoder"):
+                features = self.graphs.encode_image(self.preprocess(image))
+            return self._step_features(features, seq, image.shape[1], image.shape[0], times)
+
+    def step_encoded(
+        self, features: ImageFeatures, seq: int, width: int, height: int, encoder_s: float = 0.0
+    ) -> FrameResult:
+        """Track on features encoded elsewhere (the worker batches encoders across streams)."""
+        if self._last_seq is not None and seq <= self._last_seq:
+            raise InvalidFrameError(f"seq must increase: got {seq} after {self._last_seq}")
+        with self._inference():
+            return self._step_features(features, seq, width, height, StageTimes(encoder=encoder_s))
+
+    def add_prompt(
+        self,
+        track_id: int,
+        *,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        box: Sequence[float] | np.ndarray | None = None,
+        frame_seq: int | None = None,
+        clear_old_points: bool = True,
+    ) -> PromptOutcome:
+        """Create or refine a track from points (+labels) and/or a box in pixel
+        coordinates of the frame `frame_seq` (default: the newest frame)."""
+        if not self._history:
+            raise NoFrameYetError("no frame has been processed yet; send a frame first")
+        if isinstance(track_id, bool) or not isinstance(track_id, int) or track_id < 0:
+            raise InvalidPromptError(f"track_id must be a non-negative int, got {track_id!r}")
+        record, exact = self._prompt_frame(frame_seq)
+        coords, point_labels = _prompt_tensors(points, labels, box, record.width, record.height)
+        track = self._tracks.get(track_id)
+        if track is None and len(self._tracks) >= self.settings.max_tracks:
+            raise TooManyTracksError(f"at most {self.settings.max_tracks} tracks per stream")
+
+        scale = torch.tensor(
+            [self._geo.image_size / record.width, self._geo.image_size / record.height]
+        )
+        model_coords = (coords * scale)[None].to(self._device)
+        model_labels = point_labels[None].to(self._device)
+        with self._inference():
+            new_track = self._apply_prompt(
+                track_id, track, record, model_coords, model_labels, clear_old_points
+            )
+            caught_up = 0
+            for later in self._history:
+                if later.frame_idx > record.frame_idx:
+                    clock = _StageClock(StageTimes(), self._device, False)
+                    (entry,) = self._track_frame(later, [new_track], clock)
+                    new_track.last = self._results(later, [(track_id, entry)])[0]
+                    caught_up += 1
+        self._tracks[track_id] = new_track
+        assert new_track.last is not None
+        return PromptOutcome(
+            track_id=track_id,
+            created=track is None,
+            requested_seq=frame_seq,
+            applied_seq=record.seq,
+            exact=exact,
+            caught_up_frames=caught_up,
+            result=new_track.last,
+        )
+
+    def remove_track(self, track_id: int) -> None:
+        if track_id not in self._tracks:
+            raise UnknownTrackError(f"no track {track_id}; tracks are {self.track_ids}")
+        del self._tracks[track_id]
+
+    def reset(self) -> None:
+        """Forget every track (frame history is kept, so new prompts still land exactly)."""
+        self._tracks.clear()
+
+    def state_nbytes(self) -> int:
+        """Bytes held by the tracker's state (features history + track memories)."""
+        feats = sum(r.features.nbytes for r in self._history)
+        return feats + sum(t.memory.nbytes for t in self._tracks.values())
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _inference(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        dtype = self.settings.autocast_dtype
+        if dtype is not None and self._device.type == "cuda":
+            stack.enter_context(torch.autocast("cuda", dtype=getattr(torch, dtype)))
+        return stack
+
+    def _prompt_frame(self, frame_seq: int | None) -> tuple[_FrameRecord, bool]:
+        newest = self._history[-1]
+        if frame_seq is None:
+            return newest, True
+        if isinstance(frame_seq, bool) or not isinstance(frame_seq, int):
+            raise InvalidPromptError(f"frame_seq must be an int, got {frame_seq!r}")
+        for record in self._history:
+            if record.seq == frame_seq:
+                return record, True
+        return newest, False
+
+    def _step_features(
+        self, features: ImageFeatures, seq: int, width: int, height: int, times: StageTimes
+    ) -> FrameResult:
+        record = _FrameRecord(self._next_frame_idx, seq, width, height, features)
+        self._history.append(record)
+        self._next_frame_idx += 1
+        self._last_seq = seq
+        tracks = [self._tracks[k] for k in sorted(self._tracks)]
+        clock = _StageClock(times, self._device, self.settings.sync_timings)
+        outputs = self._track_frame(record, tracks, clock) if tracks else []
+        with clock.stage("postprocess"):
+            results = self._results(record, [(t.track_id, e) for t, e in zip(tracks, outputs)])
+        for track, result in zip(tracks, results):
+            track.last = result
+            track.init_pending_at = None
+        return FrameResult(seq, record.frame_idx, width, height, tuple(results), times)
+
+    def _apply_prompt(
+        self,
+        track_id: int,
+        track: _Track | None,
+        record: _FrameRecord,
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        clear_old_points: bool,
+    ) -> _Track:
+        f = record.frame_idx
+        memory = (
+            track.memory.clone()
+            if track is not None
+            else TrackMemory(self._geo, self.settings.max_cond_frames, self.settings.history)
+        )
+        previous = memory.entry_at(f)
+        is_init = previous is None or (track is not None and track.init_pending_at == f)
+        if not clear_old_points and track is not None and track.points_at == f and track.points:
+            coords = torch.cat([track.points[0], coords], dim=1)
+            labels = torch.cat([track.points[1], labels], dim=1)
+        prev_logits = None
+        if previous is not None and previous.low_res_logits is not None:
+            prev_logits = previous.low_res_logits[None].float().clamp(
+                -PREV_LOGITS_CLAMP, PREV_LOGITS_CLAMP
+            )
+        memory.rollback(f)
+        memory.discard(f)
+        feats = record.features
+        num_points = int(labels.shape[1])
+        if is_init:
+            pix = feats.embed + self.graphs.no_memory_embedding().permute(0, 2, 1)[..., None]
+        else:
+            pix = self._attend([memory.layout(f)], feats)
+        dec = self.graphs.decode(
+            pix,
+            (feats.high_res_0, feats.high_res_1),
+            coords,
+            labels,
+            prev_logits,
+            self.graphs.uses_multimask(is_init, num_points),
+        )
+        entry = self._encode_entries(f, feats, dec, from_points=True)[0]
+        if is_init or self.settings.corrections_as_cond or f in memory.cond:
+            memory.add_cond(entry)
+        else:
+            memory.add_recent(entry)
+        new_track = _Track(
+            track_id=track_id,
+            memory=memory,
+            init_pending_at=f if (is_init and f == self._history[-1].frame_idx) else None,
+            points_at=f,
+            points=(coords, labels),
+        )
+        new_track.last = self._results(record, [(track_id, entry)])[0]
+        return new_track
+
+    def _track_frame(
+        self, record: _FrameRecord, tracks: list[_Track], clock: _StageClock
+    ) -> list[MemoryEntry]:
+        """Advance `tracks` onto `record`, batching tracks with equal memory layouts."""
+        outputs: dict[int, MemoryEntry] = {}
+        groups: dict[tuple[int, int], list[tuple[int, MemoryLayout]]] = {}
+        for i, track in enumerate(tracks):
+            stored = track.memory.cond.get(record.frame_idx)
+            if stored is not None:
+                outputs[i] = stored
+                continue
+            layout = track.memory.layout(record.frame_idx)
+            groups.setdefault(layout.shape, []).append((i, layout))
+        feats = record.features
+        for members in groups.values():
+            batch = len(members)
+            fb = feats.expand(batch)
+            with clock.stage("memory_attention"):
+                pix = self._attend([layout for _, layout in members], fb)
+            with clock.stage("decoder"):
+                dec = self.graphs.decode(
+                    pix,
+                    (fb.high_res_0, fb.high_res_1),
+                    None,
+                    None,
+                    None,
+                    self.graphs.uses_multimask(False, 0),
+                )
+            with clock.stage("memory_encoder"):
+                entries = self._encode_entries(record.frame_idx, fb, dec, from_points=False)
+            for k, (i, _) in enumerate(members):
+                tracks[i].memory.add_recent(entries[k])
+                outputs[i] = entries[k]
+        return [outputs[i] for i in range(len(tracks))]
+
+    def _attend(self, layouts: list[MemoryLayout], feats: ImageFeatures) -> torch.Tensor:
+        """Memory attention for a batch of tracks with equal layout shapes."""
+        geo = self._geo
+        batch = len(layouts)
+        h = w = geo.feat_size
+        curr = feats.embed.flatten(2).permute(2, 0, 1)
+        curr_pos = feats.pos.flatten(2).permute(2, 0, 1).expand(-1, batch, -1)
+        mem, mem_pos = [], []
+        tpos = self.graphs.memory_time_embedding()
+        for layout in layouts:
+            tokens, pos = [], []
+            for t_pos, entry in layout.memories:
+                assert entry.maskmem is not None and self._maskmem_pos is not None
+                tokens.append(entry.maskmem.to(self._device).float().flatten(1).t())
+                pos.append(self._maskmem_pos + tpos[geo.num_maskmem - t_pos - 1, 0])
+            if layout.pointers:
+                rel = torch.tensor([d for d, _ in layout.pointers], device=self._device)
+                ptr_pos = self.graphs.pointer_time_embedding(rel / self._t_diff_max)
+                ptrs = torch.stack([e.obj_ptr for _, e in layout.pointers])
+                tokens.append(ptrs.reshape(-1, geo.mem_dim))
+                pos.append(ptr_pos.repeat_interleave(self._ptr_splits, dim=0))
+            mem.append(torch.cat(tokens))
+            mem_pos.append(torch.cat(pos))
+        num_ptr_tokens = len(layouts[0].pointers) * self._ptr_splits
+        out = self.graphs.attend_memory(
+            curr, curr_pos, torch.stack(mem, dim=1), torch.stack(mem_pos, dim=1), num_ptr_tokens
+        )
+        return out.permute(1, 2, 0).reshape(batch, geo.hidden_dim, h, w)
+
+    def _encode_entries(
+        self, frame_idx: int, feats: ImageFeatures, dec: DecoderOutput, *, from_points: bool
+    ) -> list[MemoryEntry]:
+        size = self._geo.image_size
+        high_res = F.interpolate(
+            dec.low_res_logits, size=(size, size), mode="bilinear", align_corners=False
+        )
+        mask_for_mem = self.graphs.mask_for_memory(high_res, from_points)
+        maskmem, maskmem_pos = self.graphs.encode_memory(
+            feats.embed, mask_for_mem, dec.object_score_logits
+        )
+        if self._maskmem_pos is None:
+            self._maskmem_pos = maskmem_pos[0].flatten(1).t().float()
+        maskmem = maskmem.to(torch.bfloat16)
+        return [
+            MemoryEntry(
+                frame_idx=frame_idx,
+                obj_ptr=dec.obj_ptr[k].float(),
+                maskmem=maskmem[k],
+                low_res_logits=dec.low_res_logits[k],
+                object_score_logit=float(dec.object_score_logits[k, 0]),
+                iou=float(dec.iou[k]),
+            )
+            for k in range(dec.low_res_logits.shape[0])
+        ]
+
+    def _results(
+        self, record: _FrameRecord, outputs: list[tuple[int, MemoryEntry]]
+    ) -> list[TrackResult]:
+        """Masks at the frame's own resolution, upsampled like Meta's predictor does."""
+        if not outputs:
+            return []
+        fresh = [e.low_res_logits for _, e in outputs]
+        assert all(t is not None for t in fresh)
+        logits = torch.stack(fresh)  # type: ignore[arg-type]
+        full = F.interpolate(
+            logits, size=(record.height, record.width), mode="bilinear", align_corners=False
+        )
+        masks = (full[:, 0] > 0).cpu().numpy()
+        low = logits[:, 0].float().cpu().numpy()
+        results = []
+        for k, (track_id, entry) in enumerate(outputs):
+            score_logit = entry.object_score_logit
+            results.append(
+                TrackResult(
+                    track_id=track_id,
+                    mask=masks[k],
+                    low_res_logits=low[k],
+                    score=entry.iou,
+                    object_score=1.0 / (1.0 + math.exp(-max(min(score_logit, 60.0), -60.0))),
+                    present=score_logit > 0,
+                    bbox=_bbox(masks[k]),
+                )
+            )
+        return results
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _prompt_tensors(
+    points: Sequence[Sequence[float]] | np.ndarray | None,
+    labels: Sequence[int] | np.ndarray | None,
+    box: Sequence[float] | np.ndarray | None,
+    width: int,
+    height: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a prompt against the frame it names; boxes become SAM's corner points."""
+    if (points is None) != (labels is None):
+        raise InvalidPromptError("points and labels must be given together")
+    if points is None and box is None:
+        raise InvalidPromptError("a prompt needs points (with labels) and/or a box")
+    coords = np.zeros((0, 2), dtype=np.float32)
+    lab = np.zeros((0,), dtype=np.int32)
+    if points is not None and labels is not None:
+        try:
+            coords = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+            lab = np.asarray(labels).reshape(-1)
+        except (ValueError, TypeError) as exc:
+            raise InvalidPromptError(f"points must be [[x, y], ...]: {exc}") from None
+        if len(coords) != len(lab):
+            raise InvalidPromptError(f"{len(coords)} points but {len(lab)} labels")
+        if len(coords) == 0 and box is None:
+            raise InvalidPromptError("a prompt needs at least one point or a box")
+        if not np.isin(lab, (0, 1)).all():
+            raise InvalidPromptError("labels must be 1 (positive) or 0 (negative)")
+        lab = lab.astype(np.int32)
+    if box is not None:
+        try:
+            b = np.asarray(box, dtype=np.float32).reshape(4)
+        except (ValueError, TypeError):
+            raise InvalidPromptError("box must be [x0, y0, x1, y1]") from None
+        if not (b[0] < b[2] and b[1] < b[3]):
+            raise InvalidPromptError(f"box must have x0 < x1 and y0 < y1, got {b.tolist()}")
+        coords = np.concatenate([b.reshape(2, 2), coords])
+        lab = np.concatenate([np.array(BOX_LABELS, dtype=np.int32), lab])
+    if not np.isfinite(coords).all():
+        raise InvalidPromptError("coordinates must be finite numbers")
+    outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (
+        coords[:, 1] > height
+    )
+    if outside.any():
+        x, y = coords[np.flatnonzero(outside)[0]]
+        raise InvalidPromptError(
+            f"point ({x:g}, {y:g}) lies outside the {width}x{height} frame it refers to"
+        )
+    return torch.from_numpy(coords), torch.from_numpy(lab)

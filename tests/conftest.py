@@ -1,0 +1,51 @@
+"""Shared fixtures: small real SAM 2 networks (random weights) and generated video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_CONFIG = REPO / "streamseg" / "model" / "configs" / "sam2.1_hiera_test.yaml"
+
+torch.set_num_threads(2)
+
+
+def moving_scene(count: int, height: int = 96, width: int = 128, seed: int = 0) -> list[np.ndarray]:
+    """Frames with three coloured shapes moving over a textured background."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+    frames = []
+    for i in range(count):
+        img = background.copy()
+        x = (10 + 2 * i) % (width - 30)
+        img[20:50, x : x + 25] = (220, 60, 40)
+        cy = 30 + (i % 20)
+        img[cy : cy + 20, width - 40 : width - 15] = (40, 200, 60)
+        img[height - 30 : height - 8, 15 + i % 30 : 40 + i % 30] = (50, 70, 230)
+        frames.append(img)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def scene() -> list[np.ndarray]:
+    return moving_scene(40)
+
+
+def sensitise(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Re-draw SAM 2's small learned embeddings (temporal memory encodings, no-memory
+    and no-object embeddings) at unit scale. sam2 initialises them with std 0.02, so
+    with random weights the memory pathway barely moves the masks and an
+    orchestration bug (wrong temporal slot, dropped pointers) would go unnoticed."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr",
+             "no_obj_embed_spatial")
+    with torch.no_grad():
+        for name in names:
+            param = getattr(model, name, None)
+            if isinstance(param, torch.nn.Parameter):
+                param.copy_(torch.randn(param.shape, generator=gen))
+    return model
