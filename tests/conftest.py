@@ -8,26 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from streamseg.media.synthetic import moving_scene
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_CONFIG = REPO / "streamseg" / "model" / "configs" / "sam2.1_hiera_test.yaml"
 
 torch.set_num_threads(2)
-
-
-def moving_scene(count: int, height: int = 96, width: int = 128, seed: int = 0) -> list[np.ndarray]:
-    """Frames with three coloured shapes moving over a textured background."""
-    rng = np.random.default_rng(seed)
-    background = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    frames = []
-    for i in range(count):
-        img = background.copy()
-        x = (10 + 2 * i) % (width - 30)
-        img[20:50, x : x + 25] = (220, 60, 40)
-        cy = 30 + (i % 20)
-        img[cy : cy + 20, width - 40 : width - 15] = (40, 200, 60)
-        img[height - 30 : height - 8, 15 + i % 30 : 40 + i % 30] = (50, 70, 230)
-        frames.append(img)
-    return frames
 
 
 @pytest.fixture(scope="session")

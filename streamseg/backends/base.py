@@ -65,6 +65,9 @@ class DecoderOutput:
     iou: torch.Tensor  # [B] predicted IoU of the selected mask
     obj_ptr: torch.Tensor  # [B, C]
     object_score_logits: torch.Tensor  # [B, 1]
+    # [B, 1, S, S] logits upsampled to the model input size, when the backend has them
+    # anyway (saves the tracker an interpolation before the memory encoder).
+    high_res_logits: torch.Tensor | None = None
 
 
 class SamGraphs(Protocol):

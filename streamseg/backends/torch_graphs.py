@@ -46,7 +46,7 @@ class TorchGraphs:
         point_inputs = None
         if point_coords is not None and point_labels is not None:
             point_inputs = {"point_coords": point_coords, "point_labels": point_labels}
-        _, _, ious, low_res, _, obj_ptr, score_logits = self.model._forward_sam_heads(
+        _, _, ious, low_res, high_res_best, obj_ptr, score_logits = self.model._forward_sam_heads(
             backbone_features=pix_feat,
             point_inputs=point_inputs,
             mask_inputs=mask_logits,
@@ -54,7 +54,9 @@ class TorchGraphs:
             multimask_output=multimask,
         )
         iou = ious.max(dim=-1).values if multimask else ious[:, 0]
-        return DecoderOutput(low_res.float(), iou.float(), obj_ptr, score_logits.float())
+        return DecoderOutput(
+            low_res.float(), iou.float(), obj_ptr, score_logits.float(), high_res_best.float()
+        )
 
     def attend_memory(
         self,

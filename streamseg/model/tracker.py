@@ -453,10 +453,12 @@ class StreamTracker:
     def _encode_entries(
         self, frame_idx: int, feats: ImageFeatures, dec: DecoderOutput, *, from_points: bool
     ) -> list[MemoryEntry]:
-        size = self._geo.image_size
-        high_res = F.interpolate(
-            dec.low_res_logits, size=(size, size), mode="bilinear", align_corners=False
-        )
+        high_res = dec.high_res_logits
+        if high_res is None:
+            size = self._geo.image_size
+            high_res = F.interpolate(
+                dec.low_res_logits, size=(size, size), mode="bilinear", align_corners=False
+            )
         mask_for_mem = self.graphs.mask_for_memory(high_res, from_points)
         maskmem, maskmem_pos = self.graphs.encode_memory(
             feats.embed, mask_for_mem, dec.object_score_logits

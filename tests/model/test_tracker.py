@@ -19,7 +19,8 @@ from streamseg.model.errors import (
     UnknownTrackError,
 )
 from streamseg.model.tracker import StreamTracker, TrackerSettings
-from tests.conftest import TEST_CONFIG, moving_scene
+from streamseg.media.synthetic import moving_scene
+from tests.conftest import TEST_CONFIG
 
 
 @pytest.fixture(scope="module")

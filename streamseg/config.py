@@ -1,0 +1,72 @@
+"""Server settings: one dataclass, filled from flags with environment fallbacks
+(`STREAMSEG_<FIELD>` in upper case)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "tiny"
+    weights: str = "official"  # "official" (download), "random", or a checkpoint path
+    image_size: int | None = None  # default: the variant's own
+    backend: str = "torch"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str | None = None  # bfloat16 / float16 autocast on CUDA
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads
+    # limits
+    max_peers: int = 8
+    max_streams: int = 16
+    max_tracks: int = 16
+    max_frame_side: int = 4096
+    max_upload_bytes: int = 16 * 1024 * 1024
+    max_prompts_per_request: int = 32
+    max_batch: int = 8
+    prompt_history: int = 8
+    # image embedding cache for POST /v1/images
+    image_cache_size: int = 16
+    image_cache_ttl_s: float = 600.0
+    # WebRTC: host addresses offered as ICE candidates (empty = every interface)
+    ice_hosts: tuple[str, ...] = field(default_factory=tuple)
+    web_dir: str | None = None  # default: the repo's web/ next to the package
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"STREAMSEG_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _coerce(f.name, raw, getattr(cls(), f.name))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int) and not isinstance(default, bool):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return _split(raw)
+    if name == "image_size" or name == "threads":
+        return int(raw)
+    return raw

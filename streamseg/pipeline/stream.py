@@ -1,0 +1,124 @@
+"""One live stream: its input slot, its tracker, and the sinks its results fan out to.
+
+Sources (WebRTC reader, PyAV reader thread) call `submit_frame` from any thread;
+the inference worker takes the newest frame and calls `deliver` with the result,
+which is handed to the event loop and offered to every sink's one-slot mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streamseg.media.frame import Frame
+from streamseg.media.slot import LatestSlot
+from streamseg.model.tracker import FrameResult, StreamTracker
+
+ResultSink = Callable[["StreamResult"], None]
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    stream_id: str
+    frame: Frame
+    result: FrameResult
+    infer_start: float
+    infer_end: float
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    last_result_ts: float | None = None
+
+
+@dataclass
+class StreamSession:
+    tracker: StreamTracker
+    loop: asyncio.AbstractEventLoop
+    kind: str = "webrtc"
+    id: str = field(default_factory=lambda: f"s{next(_ids)}")
+    on_drop: Callable[[str], None] | None = None
+    on_receive: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        # Bound 1, policy `latest`: a newer frame replaces an unprocessed one (counted).
+        self.frames: LatestSlot[Frame] = LatestSlot(on_drop=self._dropped)
+        self.counters = StreamCounters()
+        self._sinks: dict[int, ResultSink] = {}
+        self._sink_ids = itertools.count()
+        self._waker: Callable[[], None] = lambda: None
+        self._lock = threading.Lock()
+        self.closed = False
+
+    # ---- producer side (any thread) -------------------------------------------------
+
+    def bind_waker(self, waker: Callable[[], None]) -> None:
+        self._waker = waker
+
+    def submit_frame(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            self.counters.received += 1
+        if self.on_receive is not None:
+            self.on_receive(self.id)
+        self.frames.put(frame)
+        self._waker()
+
+    def _dropped(self, frame: Frame) -> None:
+        with self._lock:
+            self.counters.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop(self.id)
+
+    # ---- worker side ----------------------------------------------------------------
+
+    @property
+    def has_frame(self) -> bool:
+        return not self.closed and self.frames.has_item
+
+    def take_frame(self) -> Frame | None:
+        return None if self.closed else self.frames.take_nowait()
+
+    def record_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self.counters.errors += 1
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"
+
+    def deliver(self, out: StreamResult) -> None:
+        """Called on the inference thread; hands the result to the event loop."""
+        with self._lock:
+            self.counters.processed += 1
+            self.counters.last_result_ts = time.time()
+        try:
+            self.loop.call_soon_threadsafe(self._publish, out)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+
+    # ---- loop side ------------------------------------------------------------------
+
+    def add_sink(self, sink: ResultSink) -> Callable[[], None]:
+        """Register a callback run on the loop for every result; returns its remover.
+        A sink must only store the result (e.g. in its own LatestSlot), never block."""
+        key = next(self._sink_ids)
+        self._sinks[key] = sink
+        return lambda: self._sinks.pop(key, None) and None
+
+    def _publish(self, out: StreamResult) -> None:
+        for sink in list(self._sinks.values()):
+            sink(out)
+
+    def close(self) -> None:
+        self.closed = True
+        self._sinks.clear()
+        self.frames.close()

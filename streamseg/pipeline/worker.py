@@ -1,0 +1,196 @@
+"""The one inference thread: every model call in the server happens here.
+
+It wakes when a stream has a fresh frame or a job is queued, runs queued jobs
+(prompts, REST segmentations) first so a click lands before the next frame, then
+takes the newest frame of every stream with fresh work, encodes those images in
+one batch and steps each stream's tracker. Results go back to the event loop with
+`call_soon_threadsafe`; the loop never waits on this thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from streamseg.backends.base import SamGraphs
+from streamseg.pipeline.stream import StreamResult, StreamSession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class WorkerBusyError(RuntimeError):
+    """The job queue is full (policy `reject`: new work is refused, never queued)."""
+
+
+class WorkerStoppedError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(job: _Job, value: Any = None, error: BaseException | None = None) -> None:
+    def apply() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(value)
+
+    try:
+        job.loop.call_soon_threadsafe(apply)
+    except RuntimeError:
+        pass  # the loop is closed; nobody is waiting any more
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        graphs: SamGraphs,
+        *,
+        max_batch: int = 8,
+        max_jobs: int = 64,
+        on_step: Callable[[StreamResult], None] | None = None,
+    ) -> None:
+        self.graphs = graphs
+        self.max_batch = max_batch
+        self._on_step = on_step
+        self._cond = threading.Condition()
+        self._streams: dict[str, StreamSession] = {}
+        # Bound: max_jobs; policy `reject` (submit raises WorkerBusyError when full).
+        self._jobs: deque[_Job] = deque()
+        self._max_jobs = max_jobs
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.batches = 0
+
+    # ---- lifecycle (called from the loop) ------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="streamseg-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            _settle(job, error=WorkerStoppedError("server is shutting down"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- streams -------------------------------------------------------------------
+
+    def attach(self, stream: StreamSession) -> None:
+        with self._cond:
+            self._streams[stream.id] = stream
+        stream.bind_waker(self.wake)
+
+    def detach(self, stream_id: str) -> None:
+        with self._cond:
+            self._streams.pop(stream_id, None)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # ---- jobs ----------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` on the inference thread; await the returned future on the loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            if self._stopping:
+                raise WorkerStoppedError("server is shutting down")
+            if len(self._jobs) >= self._max_jobs:
+                raise WorkerBusyError(f"{self._max_jobs} inference jobs already queued")
+            self._jobs.append(_Job(fn, future, loop))
+            self._cond.notify()
+        return future
+
+    # ---- the thread ----------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(self._jobs) or any(s.has_frame for s in self._streams.values())
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._has_work():
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                jobs = list(self._jobs)
+                self._jobs.clear()
+                streams = list(self._streams.values())
+            for job in jobs:
+                self._run_job(job)
+            taken = [(s, f) for s in streams if (f := s.take_frame()) is not None]
+            for start in range(0, len(taken), self.max_batch):
+                self._step_batch(taken[start : start + self.max_batch])
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            value = job.fn()
+        except Exception as exc:  # the job's caller decides what an error means
+            _settle(job, error=exc)
+        else:
+            _settle(job, value)
+
+    def _step_batch(self, taken: list[tuple[StreamSession, Any]]) -> None:
+        infer_start = time.time()
+        try:
+            with torch.inference_mode():
+                images = torch.cat([s.tracker.preprocess(f.image) for s, f in taken])
+                t0 = time.perf_counter()
+                features = self.graphs.encode_image(images)
+                if features.embed.device.type == "cuda":
+                    torch.cuda.synchronize()
+                encoder_s = (time.perf_counter() - t0) / len(taken)
+        except Exception:
+            log.exception("image encoder failed for a batch of %d frames", len(taken))
+            return
+        self.batches += 1
+        for i, (stream, frame) in enumerate(taken):
+            try:
+                result = stream.tracker.step_encoded(
+                    features.select(i), frame.seq, frame.width, frame.height, encoder_s
+                )
+            except Exception as exc:
+                stream.record_error(exc)
+                log.warning("stream %s: frame %s rejected: %s", stream.id, frame.seq, exc)
+                continue
+            self.steps += 1
+            out = StreamResult(stream.id, frame, result, infer_start, time.time())
+            if self._on_step is not None:
+                self._on_step(out)
+            stream.deliver(out)

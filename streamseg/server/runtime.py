@@ -1,0 +1,122 @@
+"""Everything the routes share: settings, the loaded model, the inference worker,
+live streams and peers, metrics. Created by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamseg.config import Settings
+from streamseg.model.build import LoadedModel, load_model
+from streamseg.model.tracker import StreamTracker, TrackerSettings
+from streamseg.pipeline.stream import StreamSession
+from streamseg.pipeline.worker import InferenceWorker
+from streamseg.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+Closer = Callable[[], Awaitable[None]]
+
+
+class LimitReachedError(RuntimeError):
+    """A configured limit (peers, streams) is reached; maps to HTTP 429."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    model: LoadedModel | None = None
+    worker: InferenceWorker | None = None
+    ready: bool = False
+    started_at: float = field(default_factory=time.time)
+    streams: dict[str, StreamSession] = field(default_factory=dict)
+    closers: dict[str, Closer] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Load and warm up the model off the loop, then start the worker."""
+        s = self.settings
+        if s.threads:
+            import torch
+
+            torch.set_num_threads(s.threads)
+        self.model = await asyncio.to_thread(
+            load_model,
+            s.model,
+            weights=s.weights,
+            image_size=s.image_size,
+            device=s.resolved_device(),
+            seed=s.seed,
+        )
+        self.metrics.set_model_info(self.model.description, s.backend, str(self.model.device))
+        log.info("model ready: %s", self.model.description)
+        await asyncio.to_thread(self._warm_up)
+        self.worker = InferenceWorker(
+            self.model.graphs, max_batch=s.max_batch, on_step=self.metrics.observe_step
+        )
+        self.worker.start()
+        self.ready = True
+
+    def _warm_up(self) -> None:
+        tracker = self.new_tracker()
+        frame = np.zeros((64, 64, 3), np.uint8)
+        tracker.step(frame, seq=0)
+        tracker.add_prompt(0, points=[[32, 32]], labels=[1])
+        tracker.step(frame, seq=1)
+
+    def new_tracker(self) -> StreamTracker:
+        assert self.model is not None
+        s = self.settings
+        return StreamTracker(
+            self.model.graphs,
+            TrackerSettings(
+                max_tracks=s.max_tracks,
+                history=s.prompt_history,
+                max_frame_side=s.max_frame_side,
+                autocast_dtype=s.dtype,
+            ),
+        )
+
+    def open_stream(self, kind: str) -> StreamSession:
+        if self.worker is None or not self.ready:
+            raise LimitReachedError("the model is still loading; retry when /readyz is 200")
+        if len(self.streams) >= self.settings.max_streams:
+            raise LimitReachedError(f"at most {self.settings.max_streams} streams at once")
+        stream = StreamSession(
+            tracker=self.new_tracker(),
+            loop=asyncio.get_running_loop(),
+            kind=kind,
+            on_drop=self.metrics.count_drop,
+            on_receive=self.metrics.count_received,
+        )
+        self.streams[stream.id] = stream
+        self.worker.attach(stream)
+        self.metrics.streams_active.labels(kind).inc()
+        return stream
+
+    def close_stream(self, stream_id: str) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if self.worker is not None:
+            self.worker.detach(stream_id)
+        stream.close()
+        self.metrics.streams_active.labels(stream.kind).dec()
+        self.metrics.forget_stream(stream_id)
+
+    async def stop(self) -> None:
+        self.ready = False
+        for name, closer in list(self.closers.items()):
+            try:
+                await asyncio.wait_for(closer(), 5)
+            except Exception:
+                log.exception("closing %s failed", name)
+        self.closers.clear()
+        for stream_id in list(self.streams):
+            self.close_stream(stream_id)
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)
