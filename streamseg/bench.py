@@ -95,7 +95,9 @@ def bench_side_by_side(
                 ours["state_mb"][t + 1] = tracker.state_nbytes() / 2**20
                 outputs = _tensor_bytes(state["output_dict_per_obj"]) / 2**20
                 ref["state_mb"][t + 1] = outputs
-                ref["state_mb"][f"{t + 1}+frames"] = outputs + _tensor_bytes(state["images"]) / 2**20
+                ref["state_mb"][f"{t + 1}+frames"] = (
+                    outputs + _tensor_bytes(state["images"]) / 2**20
+                )
     return ours, ref
 
 
@@ -119,7 +121,9 @@ def run_tracker_bench(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     variant = get_variant(args.model or "tiny")
     if args.weights not in (None, "random"):
-        raise SystemExit("bench tracker uses seeded random weights (timing does not depend on them)")
+        raise SystemExit(
+            "bench tracker uses seeded random weights (timing does not depend on them)"
+        )
     width, height = (int(v) for v in args.frame_size.lower().split("x"))
     image_size = args.image_size or variant.image_size
     model = build_sam2(

@@ -27,8 +27,13 @@ def sensitise(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     with random weights the memory pathway barely moves the masks and an
     orchestration bug (wrong temporal slot, dropped pointers) would go unnoticed."""
     gen = torch.Generator().manual_seed(seed)
-    names = ("maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr",
-             "no_obj_embed_spatial")
+    names = (
+        "maskmem_tpos_enc",
+        "no_mem_embed",
+        "no_mem_pos_enc",
+        "no_obj_ptr",
+        "no_obj_embed_spatial",
+    )
     with torch.no_grad():
         for name in names:
             param = getattr(model, name, None)

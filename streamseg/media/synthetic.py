@@ -36,6 +36,8 @@ def scene_frame(
     index: int, height: int, width: int, background: np.ndarray | None = None, seed: int = 0
 ) -> np.ndarray:
     img = (_background(height, width, seed) if background is None else background).copy()
-    for (x0, y0, x1, y1), colour in zip(shape_boxes(index, height, width), SHAPE_COLOURS):
+    for (x0, y0, x1, y1), colour in zip(
+        shape_boxes(index, height, width), SHAPE_COLOURS, strict=True
+    ):
         img[y0:y1, x0:x1] = colour
     return img

@@ -65,7 +65,9 @@ def build_sam2(
     overrides: dict[str, Any] = dict(INFERENCE_OVERRIDES)
     if image_size is not None:
         if image_size % 32 != 0 or image_size < 64:
-            raise ModelBuildError(f"image_size must be a multiple of 32 and >= 64, got {image_size}")
+            raise ModelBuildError(
+                f"image_size must be a multiple of 32 and >= 64, got {image_size}"
+            )
         overrides["image_size"] = image_size
     if reference_predictor:
         overrides["_target_"] = PREDICTOR_TARGET

@@ -324,8 +324,10 @@ class StreamTracker:
         clock = _StageClock(times, self._device, self.settings.sync_timings)
         outputs = self._track_frame(record, tracks, clock) if tracks else []
         with clock.stage("postprocess"):
-            results = self._results(record, [(t.track_id, e) for t, e in zip(tracks, outputs)])
-        for track, result in zip(tracks, results):
+            results = self._results(
+                record, [(t.track_id, e) for t, e in zip(tracks, outputs, strict=True)]
+            )
+        for track, result in zip(tracks, results, strict=True):
             track.last = result
             track.init_pending_at = None
         return FrameResult(seq, record.frame_idx, width, height, tuple(results), times)
@@ -352,8 +354,8 @@ class StreamTracker:
             labels = torch.cat([track.points[1], labels], dim=1)
         prev_logits = None
         if previous is not None and previous.low_res_logits is not None:
-            prev_logits = previous.low_res_logits[None].float().clamp(
-                -PREV_LOGITS_CLAMP, PREV_LOGITS_CLAMP
+            prev_logits = (
+                previous.low_res_logits[None].float().clamp(-PREV_LOGITS_CLAMP, PREV_LOGITS_CLAMP)
             )
         memory.rollback(f)
         memory.discard(f)
@@ -555,8 +557,8 @@ def _prompt_tensors(
         lab = np.concatenate([np.array(BOX_LABELS, dtype=np.int32), lab])
     if not np.isfinite(coords).all():
         raise InvalidPromptError("coordinates must be finite numbers")
-    outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (
-        coords[:, 1] > height
+    outside = (
+        (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
     )
     if outside.any():
         x, y = coords[np.flatnonzero(outside)[0]]

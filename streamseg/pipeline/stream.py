@@ -8,6 +8,7 @@ which is handed to the event loop and offered to every sink's one-slot mailbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -100,10 +101,8 @@ class StreamSession:
         with self._lock:
             self.counters.processed += 1
             self.counters.last_result_ts = time.time()
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self.loop.call_soon_threadsafe(self._publish, out)
-        except RuntimeError:
-            pass  # loop closed during shutdown
 
     # ---- loop side ------------------------------------------------------------------
 

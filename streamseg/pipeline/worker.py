@@ -10,6 +10,7 @@ one batch and steps each stream's tracker. Results go back to the event loop wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -51,10 +52,8 @@ def _settle(job: _Job, value: Any = None, error: BaseException | None = None) ->
         else:
             job.future.set_result(value)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop is closed; nobody waits any more
         job.loop.call_soon_threadsafe(apply)
-    except RuntimeError:
-        pass  # the loop is closed; nobody is waiting any more
 
 
 class InferenceWorker:

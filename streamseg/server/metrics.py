@@ -3,6 +3,7 @@ never collide; every drop anywhere in the pipeline is counted here."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -13,7 +14,21 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.033,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
     10.0,
 )
 TRACKER_STAGES = ("encoder", "memory_attention", "decoder", "memory_encoder", "postprocess")
@@ -79,22 +94,20 @@ class Metrics:
         times = out.result.times.as_dict()
         for stage in TRACKER_STAGES:
             self.stage_seconds.labels(stage).observe(times[stage])
-        self.stage_seconds.labels("slot_wait").observe(max(0.0, out.infer_start - out.frame.recv_ts))
+        self.stage_seconds.labels("slot_wait").observe(
+            max(0.0, out.infer_start - out.frame.recv_ts)
+        )
         self.stage_seconds.labels("tracker").observe(out.infer_end - out.infer_start)
         self.frames_processed.labels(out.stream_id).inc()
 
     def forget_stream(self, stream_id: str) -> None:
         """Drop a closed stream's labelled series so churn cannot grow /metrics."""
         for counter in (self.frames_received, self.frames_processed):
-            try:
+            with contextlib.suppress(KeyError):
                 counter.remove(stream_id)
-            except KeyError:
-                pass
         for where in ("input_slot", "overlay", "data_channel", "websocket"):
-            try:
+            with contextlib.suppress(KeyError):
                 self.frames_dropped.remove(stream_id, where)
-            except KeyError:
-                pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

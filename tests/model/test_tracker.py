@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamseg.backends.torch_graphs import TorchGraphs
+from streamseg.media.synthetic import moving_scene
 from streamseg.model.build import build_sam2
 from streamseg.model.errors import (
     InvalidFrameError,
@@ -19,7 +20,6 @@ from streamseg.model.errors import (
     UnknownTrackError,
 )
 from streamseg.model.tracker import StreamTracker, TrackerSettings
-from streamseg.media.synthetic import moving_scene
 from tests.conftest import TEST_CONFIG
 
 

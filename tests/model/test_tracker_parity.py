@@ -63,7 +63,10 @@ SCENARIOS = [
 
 
 def _reference(
-    model: Any, tracker: StreamTracker, frames: list[np.ndarray], prompts: list[PromptSpec],
+    model: Any,
+    tracker: StreamTracker,
+    frames: list[np.ndarray],
+    prompts: list[PromptSpec],
     tmp: Path,
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """(frame, obj) -> (video-res logits, low-res logits) from Meta's predictor,

@@ -1,0 +1,1 @@
+"""SAM 2 model: registry, weights, building, the streaming tracker."""
