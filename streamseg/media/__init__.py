@@ -1,0 +1,1 @@
+"""Frames, hand-off mailboxes, overlay drawing, and video sources and sinks."""
