@@ -8,6 +8,7 @@ fewer, fresher items instead of a growing backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -104,10 +105,8 @@ class LatestSlot(Generic[T]):
     @staticmethod
     def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
         for loop, future in waiters:
-            try:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:
-                pass  # that loop is closed
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
