@@ -1,0 +1,1 @@
+"""Wire formats: pure, sans-I/O code shared by every surface and the client."""
