@@ -38,6 +38,8 @@ class Settings:
     image_cache_ttl_s: float = 600.0
     # WebRTC: host addresses offered as ICE candidates (empty = every interface)
     ice_hosts: tuple[str, ...] = field(default_factory=tuple)
+    # STUN/TURN URLs; none by default so nothing leaves the host unless asked for.
+    ice_servers: tuple[str, ...] = field(default_factory=tuple)
     web_dir: str | None = None  # default: the repo's web/ next to the package
 
     @classmethod

@@ -19,7 +19,7 @@ from streamseg.media.frame import Frame
 from streamseg.media.slot import LatestSlot
 from streamseg.model.tracker import FrameResult, StreamTracker
 
-ResultSink = Callable[["StreamResult"], None]
+ResultSink = Callable[["StreamResult"], object]
 _ids = itertools.count(1)
 
 

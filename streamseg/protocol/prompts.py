@@ -192,3 +192,14 @@ def parse_client_message(
     if include is not None and not isinstance(include, bool):
         raise PromptError("bad_field", "'include_masks' must be true or false")
     return SetOptions(MaskEncoding(encoding) if encoding else None, include, request_id)
+
+
+def peek_request_id(raw: str | bytes) -> str | None:
+    """The request id of a message that may fail validation, so its error can be
+    matched to the request."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return None
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    return rid if isinstance(rid, str) else None

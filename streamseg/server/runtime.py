@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,10 +37,15 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     streams: dict[str, StreamSession] = field(default_factory=dict)
     closers: dict[str, Closer] = field(default_factory=dict)
+    media_executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         """Load and warm up the model off the loop, then start the worker."""
         s = self.settings
+        if s.ice_hosts:
+            from streamseg.media.webrtc import restrict_ice_hosts
+
+            restrict_ice_hosts(s.ice_hosts)
         if s.threads:
             import torch
 
@@ -98,6 +104,9 @@ class Runtime:
         self.metrics.streams_active.labels(kind).inc()
         return stream
 
+    def count_tracks(self) -> int:
+        return sum(len(s.tracker.track_ids) for s in self.streams.values())
+
     def close_stream(self, stream_id: str) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is None:
@@ -120,3 +129,5 @@ class Runtime:
             self.close_stream(stream_id)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
+        if self.media_executor is not None:
+            self.media_executor.shutdown(wait=False, cancel_futures=True)

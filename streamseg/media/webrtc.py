@@ -1,0 +1,348 @@
+"""WebRTC peers: inbound video into a stream's latest-frame slot, overlay video and
+per-frame metadata back out, prompts in over a data channel.
+
+aiortc queues every decoded frame without bound; the inbound reader drains that
+queue continuously so only the slot's single frame ever waits. The outbound track
+is pulled by aiortc's encoder: each pull takes the newest result (older ones are
+dropped and counted) and draws its masks on the very frame they were computed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from streamseg.media.frame import frame_from_av
+from streamseg.media.overlay import draw_overlay
+from streamseg.media.slot import LatestSlot, SlotClosed
+from streamseg.model.errors import TrackerError
+from streamseg.pipeline.stream import StreamResult, StreamSession
+from streamseg.pipeline.wire import result_message
+from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
+from streamseg.protocol.messages import ack_message, error_message, frame_message_json
+from streamseg.protocol.prompts import (
+    AddPrompt,
+    PromptError,
+    PromptLimits,
+    RemoveTrack,
+    ResetTracks,
+    SetOptions,
+    parse_client_message,
+    peek_request_id,
+)
+from streamseg.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+VIDEO_CLOCK = 90_000
+DATA_CHANNEL_LABEL = "streamseg"
+# Metadata is skipped (and counted) while this much is still unsent on the channel.
+DATA_CHANNEL_HIGH_WATER = 256 * 1024
+MAX_INFLIGHT_MESSAGES = 32
+_peer_ids = itertools.count(1)
+
+
+def restrict_ice_hosts(hosts: tuple[str, ...]) -> None:
+    """Offer exactly `hosts` as ICE host candidates.
+
+    aioice gathers every interface address except 127.0.0.1 and has no option to
+    choose; replacing its gatherer is process-wide, which matches a server that
+    has one configuration."""
+    if not hosts:
+        return
+    import aioice.ice
+
+    def configured(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [h for h in hosts if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
+
+    aioice.ice.get_host_addresses = configured
+
+
+def new_peer_connection(ice_servers: tuple[str, ...] = ()) -> RTCPeerConnection:
+    """No STUN unless configured: aiortc would otherwise contact Google's by default."""
+    from aiortc import RTCIceServer
+
+    servers = [RTCIceServer(url) for url in ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+@dataclass
+class PeerOptions:
+    overlay: bool = True
+    metadata: bool = True
+    masks_in_metadata: bool = False
+
+
+class OverlayTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, peer: Peer) -> None:
+        super().__init__()
+        self._peer = peer
+        self._t0: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        try:
+            out = await self._peer.results.take_async()
+        except SlotClosed:
+            self.stop()
+            raise MediaStreamError from None
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        video = await loop.run_in_executor(self._peer.executor, self._peer.compose, out)
+        self._peer.metrics.stage_seconds.labels("overlay").observe(time.perf_counter() - start)
+        now = time.time()
+        if self._t0 is None:
+            self._t0 = now
+        video.pts = int((now - self._t0) * VIDEO_CLOCK)
+        video.time_base = Fraction(1, VIDEO_CLOCK)
+        self._peer.sent(out, now, video.pts)
+        return video
+
+
+@dataclass(eq=False)
+class Peer:
+    pc: RTCPeerConnection
+    stream: StreamSession
+    runtime: Any  # streamseg.server.runtime.Runtime (avoids an import cycle)
+    executor: ThreadPoolExecutor
+    options: PeerOptions
+    id: str = field(default_factory=lambda: f"p{next(_peer_ids)}")
+
+    def __post_init__(self) -> None:
+        self.metrics: Metrics = self.runtime.metrics
+        self.results: LatestSlot[StreamResult] = LatestSlot(
+            on_drop=lambda _: self.metrics.count_drop(self.stream.id, "overlay")
+        )
+        self._remove_sink = self.stream.add_sink(self.results.put)
+        self.channel: RTCDataChannel | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.closed = False
+        self._next_track_id = 1
+        # Bound MAX_INFLIGHT_MESSAGES, policy `reject` (an error reply); applied in order.
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._order = asyncio.Lock()
+        self.limits = PromptLimits(max_points=self.runtime.settings.max_prompts_per_request)
+
+    # ---- inbound -------------------------------------------------------------------
+
+    async def read(self, track: MediaStreamTrack) -> None:
+        """Drain aiortc's queue continuously; RGB conversion runs in the executor."""
+        loop = asyncio.get_running_loop()
+        max_side = self.runtime.settings.max_frame_side
+        seq = 0
+        while not self.closed:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            if not isinstance(frame, av.VideoFrame):
+                continue
+            recv_ts = time.time()
+            if max(frame.width, frame.height) > max_side:
+                self.metrics.count_drop(self.stream.id, "too_large")
+                continue
+            start = time.perf_counter()
+            converted = await loop.run_in_executor(
+                self.executor, frame_from_av, frame, seq, recv_ts
+            )
+            self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - start)
+            self.stream.submit_frame(converted)
+            seq += 1
+        await self.close()
+
+    # ---- outbound ------------------------------------------------------------------
+
+    def compose(self, out: StreamResult) -> av.VideoFrame:
+        """Runs in the executor: overlay on the frame the masks were computed on."""
+        image = out.frame.image
+        if self.options.overlay and out.result.tracks:
+            image = draw_overlay(image, [(t.track_id, t.mask) for t in out.result.tracks])
+        return av.VideoFrame.from_ndarray(image, format="rgb24")
+
+    def sent(self, out: StreamResult, sent_ts: float, video_pts: int) -> None:
+        self.metrics.capture_to_sent.labels("webrtc").observe(sent_ts - out.frame.capture_ts)
+        channel = self.channel
+        if not self.options.metadata or channel is None or channel.readyState != "open":
+            return
+        if channel.bufferedAmount > DATA_CHANNEL_HIGH_WATER:
+            self.metrics.count_drop(self.stream.id, "data_channel")
+            return
+        masks = None
+        if self.options.masks_in_metadata:
+            masks = [t.mask for t in out.result.tracks]
+        msg = result_message(out, sent_ts, self.stream.counters.dropped)
+        body = json.loads(frame_message_json(msg, masks))
+        body["video_pts"] = video_pts
+        channel.send(json.dumps(body, separators=(",", ":")))
+
+    # ---- data channel ----------------------------------------------------------------
+
+    def attach_channel(self, channel: RTCDataChannel) -> None:
+        if channel.label != DATA_CHANNEL_LABEL:
+            return
+        self.channel = channel
+
+        @channel.on("message")
+        def on_message(raw: str | bytes) -> None:
+            if len(self._inflight) >= MAX_INFLIGHT_MESSAGES:
+                self._reply(error_message("busy", "too many prompts in flight; slow down"))
+                return
+            task = asyncio.ensure_future(self.handle_message(raw))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    def _reply(self, text: str) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(text)
+
+    async def handle_message(self, raw: str | bytes) -> None:
+        request_id = peek_request_id(raw)
+        try:
+            msg = parse_client_message(raw, self.limits)
+            async with self._order:
+                result = await self.apply(msg)
+        except (PromptError, TrackerError) as exc:
+            self._reply(error_message(exc.code, str(exc), request_id))
+        except WorkerBusyError as exc:
+            self._reply(error_message("busy", str(exc), request_id))
+        except WorkerStoppedError as exc:
+            self._reply(error_message("shutting_down", str(exc), request_id))
+        else:
+            self._reply(ack_message(request_id, result))
+
+    async def apply(self, msg: Any) -> dict[str, Any]:
+        """Run one validated client message on the inference thread."""
+        worker = self.runtime.worker
+        tracker = self.stream.tracker
+        if isinstance(msg, AddPrompt):
+            track_id = msg.track_id
+            if track_id is None:
+                track_id = max([*tracker.track_ids, self._next_track_id - 1]) + 1
+                self._next_track_id = track_id + 1
+            outcome = await worker.submit(
+                lambda: tracker.add_prompt(
+                    track_id,
+                    points=list(msg.points) or None,
+                    labels=list(msg.labels) or None,
+                    box=msg.box,
+                    frame_seq=msg.frame_seq,
+                    clear_old_points=msg.clear_old_points,
+                )
+            )
+            self.metrics.tracks_active.set(self.runtime.count_tracks())
+            return {
+                "track_id": outcome.track_id,
+                "created": outcome.created,
+                "requested_seq": outcome.requested_seq,
+                "applied_seq": outcome.applied_seq,
+                "exact": outcome.exact,
+                "caught_up_frames": outcome.caught_up_frames,
+                "score": outcome.result.score,
+                "bbox": outcome.result.bbox,
+            }
+        if isinstance(msg, RemoveTrack):
+            await worker.submit(lambda: tracker.remove_track(msg.track_id))
+            self.metrics.tracks_active.set(self.runtime.count_tracks())
+            return {"removed": msg.track_id}
+        if isinstance(msg, ResetTracks):
+            await worker.submit(tracker.reset)
+            self.metrics.tracks_active.set(self.runtime.count_tracks())
+            return {"reset": True}
+        assert isinstance(msg, SetOptions)
+        if msg.include_masks is not None:
+            self.options.masks_in_metadata = msg.include_masks
+        return {"masks_in_metadata": self.options.masks_in_metadata}
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._remove_sink()
+        self.results.close()
+        if self.reader is not None and self.reader is not asyncio.current_task():
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        self.runtime.close_stream(self.stream.id)
+        self.runtime.closers.pop(self.id, None)
+        self.metrics.peers_active.dec()
+        self.metrics.tracks_active.set(self.runtime.count_tracks())
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered (bad SDP, no video); maps to HTTP 400."""
+
+
+async def answer_offer(
+    runtime: Any, executor: ThreadPoolExecutor, sdp: str, options: PeerOptions
+) -> tuple[RTCSessionDescription, Peer]:
+    """Create a peer for a browser's (or client's) offer and return the answer."""
+    settings = runtime.settings
+    pc = new_peer_connection(settings.ice_servers)
+    incoming: list[MediaStreamTrack] = []
+    pc.on("track", incoming.append)
+    try:
+        offer = RTCSessionDescription(sdp=sdp, type="offer")
+        await pc.setRemoteDescription(offer)
+    except Exception as exc:
+        await pc.close()
+        raise OfferError(f"the SDP offer could not be parsed: {exc}") from None
+    videos = [t for t in pc.getTransceivers() if t.kind == "video"]
+    if not videos or not any(t.kind == "video" for t in incoming):
+        await pc.close()
+        raise OfferError("the offer has no video track to segment")
+    try:
+        stream = runtime.open_stream("webrtc")
+    except Exception:
+        await pc.close()
+        raise
+    peer = Peer(pc, stream, runtime, executor, options)
+    runtime.metrics.peers_active.inc()
+    runtime.closers[peer.id] = peer.close
+
+    video_in = next(t for t in incoming if t.kind == "video")
+    peer.reader = asyncio.ensure_future(peer.read(video_in))
+
+    @pc.on("datachannel")
+    def on_datachannel(channel: RTCDataChannel) -> None:
+        peer.attach_channel(channel)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            await peer.close()
+
+    pc.addTrack(OverlayTrack(peer))
+    _prefer_vp8(videos[0])
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:
+        await peer.close()
+        raise OfferError(f"no answer could be negotiated: {exc}") from None
+    return pc.localDescription, peer
+
+
+def _prefer_vp8(transceiver: Any) -> None:
+    from aiortc import RTCRtpSender
+
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    vp8 = [c for c in codecs if c.mimeType == "video/VP8"]
+    rest = [c for c in codecs if c.mimeType != "video/VP8"]
+    with contextlib.suppress(Exception):
+        transceiver.setCodecPreferences(vp8 + rest)

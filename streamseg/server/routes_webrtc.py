@@ -1,0 +1,62 @@
+"""POST /v1/webrtc/offer: a browser or client sends video and gets overlays back."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from streamseg.media.webrtc import OfferError, PeerOptions, answer_offer
+from streamseg.server.runtime import LimitReachedError, Runtime
+
+router = APIRouter(prefix="/v1/webrtc", tags=["webrtc"])
+
+
+class OfferOptions(BaseModel):
+    overlay: bool = True
+    metadata: bool = True
+    masks_in_metadata: bool = False
+
+
+class Offer(BaseModel):
+    sdp: str = Field(max_length=64 * 1024)
+    type: Literal["offer"]
+    options: OfferOptions = Field(default_factory=OfferOptions)
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: Literal["answer"] = "answer"
+    stream_id: str
+    peer_id: str
+
+
+def _executor(runtime: Runtime) -> ThreadPoolExecutor:
+    """Colour conversion and overlay drawing for all peers, off the event loop."""
+    if runtime.media_executor is None:
+        runtime.media_executor = ThreadPoolExecutor(2, thread_name_prefix="streamseg-media")
+    return runtime.media_executor
+
+
+@router.post("/offer", response_model=Answer)
+async def offer(body: Offer, request: Request) -> Answer:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.ready:
+        raise HTTPException(503, "the model is still loading; retry when /readyz is 200")
+    peers = sum(1 for s in runtime.streams.values() if s.kind == "webrtc")
+    if peers >= runtime.settings.max_peers:
+        runtime.metrics.requests_rejected.labels("max_peers").inc()
+        raise HTTPException(429, f"at most {runtime.settings.max_peers} WebRTC peers at once")
+    try:
+        answer, peer = await answer_offer(
+            runtime, _executor(runtime), body.sdp, PeerOptions(**body.options.model_dump())
+        )
+    except OfferError as exc:
+        runtime.metrics.requests_rejected.labels("bad_offer").inc()
+        raise HTTPException(400, str(exc)) from None
+    except LimitReachedError as exc:
+        runtime.metrics.requests_rejected.labels("max_streams").inc()
+        raise HTTPException(429, str(exc)) from None
+    return Answer(sdp=answer.sdp, stream_id=peer.stream.id, peer_id=peer.id)

@@ -1,0 +1,56 @@
+"""Run the real app with uvicorn on 127.0.0.1 in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+
+from streamseg.config import Settings
+from streamseg.server.app import create_app
+from streamseg.server.runtime import Runtime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
+    settings = Settings(
+        host="127.0.0.1",
+        port=free_port(),
+        model="test",
+        weights="random",
+        ice_hosts=("127.0.0.1",),
+        **overrides,  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        server.should_exit = True
+        raise RuntimeError("server did not become ready")
+    try:
+        yield url, app.state.runtime
+    finally:
+        server.should_exit = True
+        thread.join(30)

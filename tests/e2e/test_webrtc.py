@@ -1,0 +1,171 @@
+"""Real aiortc peers against the real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from streamseg.client_webrtc import SyntheticVideoTrack, WebRTCClient
+from streamseg.media.synthetic import scene_frame, shape_boxes
+from streamseg.server.runtime import Runtime
+from tests.e2e.server import running_server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, Runtime]]:
+    with running_server(max_peers=4) as running:
+        yield running
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_round_trip_prompt_overlay_metadata(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    source = SyntheticVideoTrack(320, 240)
+    client = WebRTCClient(url, source)
+    await client.connect()
+    try:
+        await _wait_for(lambda: len(client.metadata) > 5)
+        seen = client.metadata[-1]["seq"]
+        x0, y0, x1, y1 = shape_boxes(seen, 240, 320)[0]
+        reply = await client.request(
+            {"type": "prompt", "box": [x0, y0, x1, y1], "frame_seq": seen, "track_id": 1}
+        )
+        assert reply["type"] == "ack", reply
+        assert reply["result"]["exact"] and reply["result"]["applied_seq"] == seen
+        await _wait_for(lambda: len([m for m in client.metadata if m["tracks"]]) > 20)
+
+        metas = list(client.metadata)
+        seqs = [m["seq"] for m in metas]
+        assert seqs == sorted(set(seqs))
+        for m in metas:
+            t = m["times"]
+            assert t["capture_ts"] <= t["recv_ts"] <= t["infer_start"] <= t["infer_end"]
+            assert t["infer_end"] <= t["sent_ts"]
+        tracked = [m for m in metas if m["tracks"]]
+        assert all(m["tracks"][0]["track_id"] == 1 for m in tracked)
+
+        by_pts = {m["video_pts"]: m for m in tracked}
+        compared = 0
+        for _, frame in list(client.frames):
+            meta = by_pts.get(frame.pts)
+            if meta is None or meta["tracks"][0]["bbox"] is None:
+                continue
+            image = frame.to_ndarray(format="rgb24").astype(int)
+            source_image = scene_frame(meta["seq"], 240, 320).astype(int)
+            bx0, by0, bx1, by1 = meta["tracks"][0]["bbox"]
+            inside = np.abs(image[by0:by1, bx0:bx1] - source_image[by0:by1, bx0:bx1]).mean()
+            outside = np.zeros((240, 320), bool)
+            outside[:, :] = True
+            outside[max(0, by0 - 4) : by1 + 4, max(0, bx0 - 4) : bx1 + 4] = False
+            rest = np.abs(image[outside] - source_image[outside]).mean() if outside.any() else 0
+            assert inside > 20 and inside > 3 * rest, (inside, rest)
+            compared += 1
+        assert compared >= 5
+
+        reply = await client.request({"type": "remove", "track_id": 1})
+        assert reply["type"] == "ack"
+        await _wait_for(lambda: not client.metadata[-1]["tracks"])
+        marker = client.metadata[-1]["video_pts"]
+        await _wait_for(lambda: any(f.pts > marker for _, f in client.frames))
+        await asyncio.sleep(0.5)
+        by_pts = {m["video_pts"]: m for m in client.metadata if m["video_pts"] > marker}
+        later = [(f, by_pts[f.pts]) for _, f in client.frames if f.pts in by_pts]
+        assert later
+        for frame, meta in later:
+            image = frame.to_ndarray(format="rgb24").astype(int)
+            assert np.abs(image - scene_frame(meta["seq"], 240, 320)).mean() < 12
+    finally:
+        await client.close()
+
+
+async def test_bad_data_channel_messages_get_errors(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    client = WebRTCClient(url, SyntheticVideoTrack(160, 120))
+    await client.connect()
+    try:
+        await _wait_for(lambda: len(client.metadata) > 2)
+        cases = [
+            ({"type": "fly"}, "unknown_type"),
+            ({"type": "prompt"}, "empty_prompt"),
+            ({"type": "prompt", "points": [[999, 5]], "labels": [1]}, "invalid_prompt"),
+            ({"type": "remove", "track_id": 77}, "unknown_track"),
+        ]
+        for message, code in cases:
+            reply = await client.request(message)
+            assert reply["type"] == "error" and reply["code"] == code, reply
+        client.channel.send("not json at all")
+        garbage = await asyncio.wait_for(client.replies.get(), 10)
+        assert garbage["code"] == "bad_json"
+        count = len(client.metadata)
+        await _wait_for(lambda: len(client.metadata) > count + 5)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"sdp": "v=0 garbage", "type": "offer"}, 400, "could not be parsed"),
+        ({"sdp": "x", "type": "answer"}, 422, "offer"),
+        ({"type": "offer"}, 422, "sdp"),
+    ],
+)
+def test_bad_offers(server: tuple[str, Runtime], body: dict, status: int, reason: str) -> None:
+    url, _ = server
+    response = httpx.post(f"{url}/v1/webrtc/offer", json=body)
+    assert response.status_code == status
+    assert re.search(reason, response.text)
+    assert httpx.post(f"{url}/v1/webrtc/offer", content=b"{nope").status_code == 422
+
+
+async def test_offer_without_video_is_refused(server: tuple[str, Runtime]) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    url, _ = server
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("streamseg")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{url}/v1/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}
+        )
+    await pc.close()
+    assert response.status_code == 400 and "no video" in response.text
+
+
+async def test_churn_leaves_nothing_behind(server: tuple[str, Runtime]) -> None:
+    url, runtime = server
+    await _wait_for(lambda: not runtime.streams, 30)
+    threads_before = threading.active_count()
+    for _ in range(50):
+        client = WebRTCClient(url, SyntheticVideoTrack(160, 120))
+        await client.connect()
+        await _wait_for(lambda c=client: len(c.metadata) > 0)  # type: ignore[misc]
+        await client.close()
+    await _wait_for(lambda: not runtime.streams and not runtime.closers, 30)
+    assert _metric(url, "streamseg_peers_active") == 0
+    assert threading.active_count() <= threads_before + 2
