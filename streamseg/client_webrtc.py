@@ -71,8 +71,12 @@ class WebRTCClient:
         self.pc.addTrack(self.source)
         self.channel = self.pc.createDataChannel("streamseg")
         self.channel.on("message", self._on_message)
-        opened = asyncio.get_running_loop().create_future()
-        self.channel.on("open", lambda: opened.done() or opened.set_result(None))
+        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        @self.channel.on("open")
+        def on_open() -> None:
+            if not opened.done():
+                opened.set_result(None)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
