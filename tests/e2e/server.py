@@ -24,14 +24,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
-    settings = Settings(
-        host="127.0.0.1",
-        port=free_port(),
-        model="test",
-        weights="random",
-        ice_hosts=("127.0.0.1",),
-        **overrides,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "model": "test",
+        "weights": "random",
+        "ice_hosts": ("127.0.0.1",),
+        **overrides,
+    }
+    settings = Settings(**values)  # type: ignore[arg-type]
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
     server = uvicorn.Server(config)

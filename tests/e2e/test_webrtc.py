@@ -169,3 +169,49 @@ async def test_churn_leaves_nothing_behind(server: tuple[str, Runtime]) -> None:
     await _wait_for(lambda: not runtime.streams and not runtime.closers, 30)
     assert _metric(url, "streamseg_peers_active") == 0
     assert threading.active_count() <= threads_before + 2
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+async def test_overload_latency_stays_bounded_and_drops_are_counted() -> None:
+    """30 fps in, a tracker ~10x slower (tiny @ 320 px, ~0.3 s/frame here): old frames
+    are dropped, so capture->sent latency stays near one step and does not grow."""
+    with running_server(model="tiny", image_size=320) as (url, runtime):
+        client = WebRTCClient(url, SyntheticVideoTrack(320, 240, fps=30))
+        await client.connect()
+        try:
+            await _wait_for(lambda: len(client.metadata) > 2, 60)
+            x0, y0, x1, y1 = shape_boxes(client.metadata[-1]["seq"], 240, 320)[0]
+            await client.request({"type": "prompt", "box": [x0, y0, x1, y1]})
+            start_count = len(client.metadata)
+            rss = [_rss_mb()]
+            for _ in range(3):
+                await asyncio.sleep(5)
+                rss.append(_rss_mb())
+            metas = list(client.metadata)[start_count:]
+        finally:
+            await client.close()
+        latency = [m["times"]["sent_ts"] - m["times"]["capture_ts"] for m in metas]
+        steps = [m["times"]["infer_end"] - m["times"]["infer_start"] for m in metas]
+        step = float(np.median(steps))
+        third = len(latency) // 3
+        early, late = np.median(latency[:third]), np.median(latency[-third:])
+        print(
+            f"\noverload: step {1000 * step:.0f} ms, {len(metas)} results in 15 s, "
+            f"capture->sent p50 {1000 * np.median(latency):.0f} ms "
+            f"p99 {1000 * np.percentile(latency, 99):.0f} ms, "
+            f"early {1000 * early:.0f} ms late {1000 * late:.0f} ms, "
+            f"dropped {metas[-1]['dropped_frames']}, rss {rss}"
+        )
+        assert step > 6 / 30
+        assert max(latency) < 4 * step + 0.5
+        assert late < 1.5 * early + 0.05
+        assert metas[-1]["dropped_frames"] > 0.5 * source_frames(metas)
+        assert rss[-1] < rss[1] * 1.05
+
+
+def source_frames(metas: list[dict]) -> int:  # type: ignore[type-arg]
+    return int(metas[-1]["seq"] - metas[0]["seq"])
