@@ -179,7 +179,7 @@ def _rss_mb() -> float:
 async def test_overload_latency_stays_bounded_and_drops_are_counted() -> None:
     """30 fps in, a tracker ~10x slower (tiny @ 320 px, ~0.3 s/frame here): old frames
     are dropped, so capture->sent latency stays near one step and does not grow."""
-    with running_server(model="tiny", image_size=320) as (url, runtime):
+    with running_server(model="tiny", image_size=320) as (url, _):
         client = WebRTCClient(url, SyntheticVideoTrack(320, 240, fps=30))
         await client.connect()
         try:
@@ -192,6 +192,7 @@ async def test_overload_latency_stays_bounded_and_drops_are_counted() -> None:
                 await asyncio.sleep(5)
                 rss.append(_rss_mb())
             metas = list(client.metadata)[start_count:]
+            dropped_metric = _metric(url, "streamseg_frames_dropped_total")
         finally:
             await client.close()
         latency = [m["times"]["sent_ts"] - m["times"]["capture_ts"] for m in metas]
@@ -210,6 +211,7 @@ async def test_overload_latency_stays_bounded_and_drops_are_counted() -> None:
         assert max(latency) < 4 * step + 0.5
         assert late < 1.5 * early + 0.05
         assert metas[-1]["dropped_frames"] > 0.5 * source_frames(metas)
+        assert dropped_metric >= metas[-1]["dropped_frames"]
         assert rss[-1] < rss[1] * 1.05
 
 
