@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,11 +29,10 @@ from streamseg.model.errors import (
     UnknownTrackError,
 )
 from streamseg.model.memory import MemoryEntry, MemoryLayout, TrackMemory
+from streamseg.model.prompting import preprocess_image, prompt_tensors
+from streamseg.protocol.masks import mask_bbox
 
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 PREV_LOGITS_CLAMP = 32.0
-BOX_LABELS = (2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +164,6 @@ class StreamTracker:
         self._tracks: dict[int, _Track] = {}
         self._next_frame_idx = 0
         self._last_seq: int | None = None
-        self._mean = torch.tensor(IMAGE_MEAN, device=self._device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGE_STD, device=self._device).view(1, 3, 1, 1)
         self._ptr_splits = geo.hidden_dim // geo.mem_dim
         self._t_diff_max = geo.max_obj_ptrs - 1
         self._maskmem_pos: torch.Tensor | None = None  # [hw, Cm], the same for every memory
@@ -204,10 +200,7 @@ class StreamTracker:
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 [H, W, 3] -> normalised [1, 3, S, S] on the model device."""
-        size = self._geo.image_size
-        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-        x = torch.from_numpy(resized).to(self._device).permute(2, 0, 1)[None].float() / 255.0
-        return (x - self._mean) / self._std
+        return preprocess_image(image, self._geo.image_size, self._device)
 
     def step(self, image: np.ndarray, seq: int) -> FrameResult:
         """Encode one frame and track every track on it."""
@@ -245,7 +238,7 @@ class StreamTracker:
         if isinstance(track_id, bool) or not isinstance(track_id, int) or track_id < 0:
             raise InvalidPromptError(f"track_id must be a non-negative int, got {track_id!r}")
         record, exact = self._prompt_frame(frame_seq)
-        coords, point_labels = _prompt_tensors(points, labels, box, record.width, record.height)
+        coords, point_labels = prompt_tensors(points, labels, box, record.width, record.height)
         track = self._tracks.get(track_id)
         if track is None and len(self._tracks) >= self.settings.max_tracks:
             raise TooManyTracksError(f"at most {self.settings.max_tracks} tracks per stream")
@@ -505,64 +498,7 @@ class StreamTracker:
                     score=entry.iou,
                     object_score=1.0 / (1.0 + math.exp(-max(min(score_logit, 60.0), -60.0))),
                     present=score_logit > 0,
-                    bbox=_bbox(masks[k]),
+                    bbox=mask_bbox(masks[k]),
                 )
             )
         return results
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def _prompt_tensors(
-    points: Sequence[Sequence[float]] | np.ndarray | None,
-    labels: Sequence[int] | np.ndarray | None,
-    box: Sequence[float] | np.ndarray | None,
-    width: int,
-    height: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a prompt against the frame it names; boxes become SAM's corner points."""
-    if (points is None) != (labels is None):
-        raise InvalidPromptError("points and labels must be given together")
-    if points is None and box is None:
-        raise InvalidPromptError("a prompt needs points (with labels) and/or a box")
-    coords = np.zeros((0, 2), dtype=np.float32)
-    lab = np.zeros((0,), dtype=np.int32)
-    if points is not None and labels is not None:
-        try:
-            coords = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-            lab = np.asarray(labels).reshape(-1)
-        except (ValueError, TypeError) as exc:
-            raise InvalidPromptError(f"points must be [[x, y], ...]: {exc}") from None
-        if len(coords) != len(lab):
-            raise InvalidPromptError(f"{len(coords)} points but {len(lab)} labels")
-        if len(coords) == 0 and box is None:
-            raise InvalidPromptError("a prompt needs at least one point or a box")
-        if not np.isin(lab, (0, 1)).all():
-            raise InvalidPromptError("labels must be 1 (positive) or 0 (negative)")
-        lab = lab.astype(np.int32)
-    if box is not None:
-        try:
-            b = np.asarray(box, dtype=np.float32).reshape(4)
-        except (ValueError, TypeError):
-            raise InvalidPromptError("box must be [x0, y0, x1, y1]") from None
-        if not (b[0] < b[2] and b[1] < b[3]):
-            raise InvalidPromptError(f"box must have x0 < x1 and y0 < y1, got {b.tolist()}")
-        coords = np.concatenate([b.reshape(2, 2), coords])
-        lab = np.concatenate([np.array(BOX_LABELS, dtype=np.int32), lab])
-    if not np.isfinite(coords).all():
-        raise InvalidPromptError("coordinates must be finite numbers")
-    outside = (
-        (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
-    )
-    if outside.any():
-        x, y = coords[np.flatnonzero(outside)[0]]
-        raise InvalidPromptError(
-            f"point ({x:g}, {y:g}) lies outside the {width}x{height} frame it refers to"
-        )
-    return torch.from_numpy(coords), torch.from_numpy(lab)
