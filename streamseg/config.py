@@ -36,6 +36,7 @@ class Settings:
     # image embedding cache for POST /v1/images
     image_cache_size: int = 16
     image_cache_ttl_s: float = 600.0
+    image_cache_bytes: int = 512 * 1024 * 1024
     # WebRTC: host addresses offered as ICE candidates (empty = every interface)
     ice_hosts: tuple[str, ...] = field(default_factory=tuple)
     # STUN/TURN URLs; none by default so nothing leaves the host unless asked for.

@@ -14,9 +14,11 @@ import numpy as np
 
 from streamseg.config import Settings
 from streamseg.model.build import LoadedModel, load_model
+from streamseg.model.segmenter import ImageSegmenter
 from streamseg.model.tracker import StreamTracker, TrackerSettings
 from streamseg.pipeline.stream import StreamSession
 from streamseg.pipeline.worker import InferenceWorker
+from streamseg.server.embedding_cache import EmbeddingCache
 from streamseg.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Runtime:
     streams: dict[str, StreamSession] = field(default_factory=dict)
     closers: dict[str, Closer] = field(default_factory=dict)
     media_executor: ThreadPoolExecutor | None = None
+    segmenter: ImageSegmenter | None = None
+    embeddings: EmbeddingCache | None = None
 
     async def start(self) -> None:
         """Load and warm up the model off the loop, then start the worker."""
@@ -61,6 +65,10 @@ class Runtime:
         self.metrics.set_model_info(self.model.description, s.backend, str(self.model.device))
         log.info("model ready: %s", self.model.description)
         await asyncio.to_thread(self._warm_up)
+        self.segmenter = ImageSegmenter(self.model.graphs)
+        self.embeddings = EmbeddingCache(
+            s.image_cache_size, s.image_cache_bytes, s.image_cache_ttl_s
+        )
         self.worker = InferenceWorker(
             self.model.graphs, max_batch=s.max_batch, on_step=self.metrics.observe_step
         )

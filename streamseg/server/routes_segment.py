@@ -1,0 +1,242 @@
+"""The seed's cloud API: segment an image from points and boxes, optionally keeping
+its embedding so follow-up prompts skip the image encoder.
+
+Every refusal is `{"detail": {"code": ..., "message": ...}}` with a 4xx status."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+from typing import Any, NoReturn
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import HTTPException
+from PIL import Image, UnidentifiedImageError
+
+from streamseg.model.errors import InvalidPromptError
+from streamseg.model.segmenter import ImageEmbedding, ImagePrompt, SegmentMask
+from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
+from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
+from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
+from streamseg.server.runtime import Runtime
+
+router = APIRouter(prefix="/v1", tags=["segment"])
+MASK_FORMATS = ("png", "rle")
+
+
+def _refuse(runtime: Runtime, status: int, code: str, message: str) -> NoReturn:
+    runtime.metrics.requests_rejected.labels(code).inc()
+    raise HTTPException(status, {"code": code, "message": message})
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.ready or runtime.segmenter is None:
+        _refuse(runtime, 503, "not_ready", "the model is still loading; retry when /readyz is 200")
+    return runtime
+
+
+async def _read_body(request: Request, runtime: Runtime) -> bytes:
+    """Read at most `max_upload_bytes`, refusing early on a larger Content-Length."""
+    limit = runtime.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        _refuse(runtime, 413, "too_large", f"uploads are limited to {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            _refuse(runtime, 413, "too_large", f"uploads are limited to {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # lets Starlette's form parser reuse the bounded body
+    return body
+
+
+def _decode_image(data: bytes, max_side: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        if max(img.size) > max_side:
+            raise ValueError(f"image is {img.size[0]}x{img.size[1]}; the limit is {max_side} px")
+        return np.asarray(img.convert("RGB"))
+
+
+async def _inputs(
+    request: Request, runtime: Runtime, need_prompts: bool
+) -> tuple[np.ndarray, list[ImagePrompt], str]:
+    body = await _read_body(request, runtime)
+    content_type = request.headers.get("content-type", "")
+    fields: dict[str, Any]
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            _refuse(runtime, 422, "missing_image", "multipart field 'image' (a file) is required")
+        raw_image = await upload.read()
+        fields = {k: form.get(k) for k in ("prompts", "mask_format")}
+        if isinstance(fields["prompts"], str):
+            try:
+                fields["prompts"] = json.loads(fields["prompts"])
+            except json.JSONDecodeError as exc:
+                _refuse(runtime, 422, "bad_json", f"'prompts' is not valid JSON: {exc}")
+    else:
+        try:
+            fields = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            _refuse(runtime, 422, "bad_json", f"body is not valid JSON: {exc}")
+        if not isinstance(fields, dict) or not isinstance(fields.get("image_base64"), str):
+            _refuse(runtime, 422, "missing_image", "JSON body needs 'image_base64'")
+        try:
+            raw_image = base64.b64decode(fields["image_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            _refuse(runtime, 422, "bad_base64", "'image_base64' is not valid base64")
+    try:
+        image = await asyncio.to_thread(_decode_image, raw_image, runtime.settings.max_frame_side)
+    except ValueError as exc:
+        _refuse(runtime, 413, "too_large", str(exc))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        _refuse(runtime, 415, "not_an_image", "the upload is not a decodable image")
+    prompts = _prompts(runtime, fields.get("prompts"), need_prompts)
+    return image, prompts, _mask_format(runtime, fields.get("mask_format"))
+
+
+def _mask_format(runtime: Runtime, value: Any) -> str:
+    value = value or "png"
+    if value not in MASK_FORMATS:
+        _refuse(runtime, 422, "bad_field", f"'mask_format' must be one of {MASK_FORMATS}")
+    return str(value)
+
+
+def _prompts(runtime: Runtime, raw: Any, required: bool) -> list[ImagePrompt]:
+    if raw is None and not required:
+        return []
+    limit = runtime.settings.max_prompts_per_request
+    if not isinstance(raw, list) or not raw:
+        _refuse(runtime, 422, "missing_prompts", "'prompts' must be a non-empty list")
+    if len(raw) > limit:
+        _refuse(runtime, 422, "too_many_prompts", f"at most {limit} prompts per request")
+    out = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            _refuse(runtime, 422, "bad_field", f"prompts[{i}] must be an object")
+        try:
+            parsed = parse_client_message({**entry, "type": "prompt"}, PromptLimits())
+        except PromptError as exc:
+            _refuse(runtime, 422, exc.code, f"prompts[{i}]: {exc}")
+        assert isinstance(parsed, AddPrompt)
+        out.append(ImagePrompt(parsed.points, parsed.labels, parsed.box))
+    return out
+
+
+async def _on_worker(runtime: Runtime, fn: Any) -> Any:
+    assert runtime.worker is not None
+    try:
+        return await runtime.worker.submit(fn)
+    except WorkerBusyError as exc:
+        runtime.metrics.requests_rejected.labels("busy").inc()
+        raise HTTPException(
+            503, {"code": "busy", "message": str(exc)}, headers={"Retry-After": "1"}
+        ) from None
+    except WorkerStoppedError as exc:
+        _refuse(runtime, 503, "shutting_down", str(exc))
+    except InvalidPromptError as exc:
+        _refuse(runtime, 422, "out_of_frame" if "outside" in str(exc) else exc.code, str(exc))
+
+
+def _mask_json(mask: SegmentMask, fmt: str) -> dict[str, Any]:
+    encoded: Any
+    if fmt == "rle":
+        encoded = rle_encode(mask.mask)
+    else:
+        encoded = base64.b64encode(encode_mask(mask.mask, MaskEncoding.PNG)).decode()
+    return {
+        "mask": encoded,
+        "format": fmt,
+        "score": mask.score,
+        "object_score": mask.object_score,
+        "bbox": mask.bbox,
+        "area": mask.area,
+    }
+
+
+def _response(
+    embedding: ImageEmbedding, masks: list[SegmentMask], decoder_s: float, fmt: str, cached: bool
+) -> dict[str, Any]:
+    encoder_ms = 0.0 if cached else embedding.encoder_s * 1000
+    return {
+        "width": embedding.width,
+        "height": embedding.height,
+        "masks": [_mask_json(m, fmt) for m in masks],
+        "cached": cached,
+        "encoder_ms": encoder_ms,
+        "decoder_ms": decoder_s * 1000,
+        "inference_time_ms": encoder_ms + decoder_s * 1000,
+    }
+
+
+@router.post("/segment")
+async def segment(request: Request) -> dict[str, Any]:
+    """Image (multipart `image` or JSON `image_base64`) + `prompts` -> one mask each."""
+    runtime = _runtime(request)
+    image, prompts, fmt = await _inputs(request, runtime, need_prompts=True)
+    seg = runtime.segmenter
+    assert seg is not None
+
+    def run() -> tuple[ImageEmbedding, list[SegmentMask], float]:
+        embedding = seg.encode(image)
+        masks, decoder_s = seg.segment(embedding, prompts)
+        return embedding, masks, decoder_s
+
+    embedding, masks, decoder_s = await _on_worker(runtime, run)
+    return _response(embedding, masks, decoder_s, fmt, cached=False)
+
+
+@router.post("/images", status_code=201)
+async def add_image(request: Request) -> dict[str, Any]:
+    """Encode an image once; segment it later with /v1/images/{image_id}/segment."""
+    runtime = _runtime(request)
+    image, _, _ = await _inputs(request, runtime, need_prompts=False)
+    seg, cache = runtime.segmenter, runtime.embeddings
+    assert seg is not None and cache is not None
+    embedding: ImageEmbedding = await _on_worker(runtime, lambda: seg.encode(image))
+    image_id = cache.put(embedding)
+    return {
+        "image_id": image_id,
+        "width": embedding.width,
+        "height": embedding.height,
+        "expires_in_s": runtime.settings.image_cache_ttl_s,
+        "encoder_ms": embedding.encoder_s * 1000,
+    }
+
+
+@router.post("/images/{image_id}/segment")
+async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
+    runtime = _runtime(request)
+    cache, seg = runtime.embeddings, runtime.segmenter
+    assert cache is not None and seg is not None
+    embedding = cache.get(image_id)
+    if embedding is None:
+        _refuse(runtime, 404, "unknown_image", f"no image {image_id!r} (unknown or expired)")
+    body = await _read_body(request, runtime)
+    try:
+        fields = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        _refuse(runtime, 422, "bad_json", f"body is not valid JSON: {exc}")
+    if not isinstance(fields, dict):
+        _refuse(runtime, 422, "bad_json", "body must be a JSON object")
+    prompts = _prompts(runtime, fields.get("prompts"), required=True)
+    fmt = _mask_format(runtime, fields.get("mask_format"))
+    masks, decoder_s = await _on_worker(runtime, lambda: seg.segment(embedding, prompts))
+    return _response(embedding, masks, decoder_s, fmt, cached=True)
+
+
+@router.delete("/images/{image_id}", status_code=204)
+async def delete_image(image_id: str, request: Request) -> Response:
+    runtime = _runtime(request)
+    assert runtime.embeddings is not None
+    if not runtime.embeddings.delete(image_id):
+        _refuse(runtime, 404, "unknown_image", f"no image {image_id!r}")
+    return Response(status_code=204)
