@@ -171,6 +171,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.mode == "tracker":
         report = run_tracker_bench(args)
         print_tracker_table(report)
+    elif args.mode == "server":
+        from streamseg.bench_server import run_server_bench
+
+        report = run_server_bench(args)
     else:
         raise SystemExit(f"unknown bench mode {args.mode}")
     if getattr(args, "json", None):

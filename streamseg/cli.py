@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     tracker.add_argument("--frame-size", default="640x480")
     tracker.add_argument("--json", default=None, help="also write results to this file")
     tracker.set_defaults(func=_bench)
+    server = bench_sub.add_parser("server", help="server overhead and latency under overload")
+    _add_model_args(server)
+    server.add_argument("--seconds", type=float, default=15.0)
+    server.add_argument("--json", default=None)
+    server.set_defaults(func=_bench)
     return parser
 
 

@@ -67,10 +67,7 @@ class TrackResult:
     object_score: float  # probability that the object is visible
     present: bool
     bbox: tuple[int, int, int, int] | None  # x0, y0, x1, y1 (exclusive)
-
-    @property
-    def area(self) -> int:
-        return int(self.mask.sum())
+    area: int = 0
 
 
 @dataclass(slots=True)
@@ -499,6 +496,7 @@ class StreamTracker:
                     object_score=1.0 / (1.0 + math.exp(-max(min(score_logit, 60.0), -60.0))),
                     present=score_logit > 0,
                     bbox=mask_bbox(masks[k]),
+                    area=int(np.count_nonzero(masks[k])),
                 )
             )
         return results

@@ -82,14 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _include_routers(app: FastAPI) -> None:
-    """Routers for each surface live in their own modules."""
-    import importlib
+    from streamseg.server import routes_segment, routes_webrtc
 
-    for name in ("routes_webrtc", "routes_segment", "routes_streams"):
-        try:
-            module = importlib.import_module(f"streamseg.server.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"streamseg.server.{name}":
-                raise
-            continue
-        app.include_router(module.router)
+    app.include_router(routes_webrtc.router)
+    app.include_router(routes_segment.router)

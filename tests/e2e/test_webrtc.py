@@ -14,7 +14,7 @@ import pytest
 from streamseg.client_webrtc import SyntheticVideoTrack, WebRTCClient
 from streamseg.media.synthetic import scene_frame, shape_boxes
 from streamseg.server.runtime import Runtime
-from tests.e2e.server import running_server
+from streamseg.server.background import running_server
 
 pytestmark = pytest.mark.e2e
 

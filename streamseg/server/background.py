@@ -1,4 +1,5 @@
-"""Run the real app with uvicorn on 127.0.0.1 in a background thread."""
+"""Run the real app with uvicorn on 127.0.0.1 in a background thread (tests and the
+server benchmark drive it with real peers from the same process)."""
 
 from __future__ import annotations
 
