@@ -18,4 +18,5 @@ test-deps:
 	./scripts/test-deps.sh
 
 test: setup test-deps lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not browser"
+	./scripts/test-browser.sh

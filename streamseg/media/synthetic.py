@@ -41,3 +41,35 @@ def scene_frame(
     ):
         img[y0:y1, x0:x1] = colour
     return img
+
+
+BARCODE_BITS = 16
+BARCODE_BLOCKS_PER_WIDTH = 40
+
+
+def draw_barcode(image: np.ndarray, index: int) -> np.ndarray:
+    """Stamp a frame index into the top-left corner (12 bits + a 4-bit check), readable
+    after video compression; `web/js/barcode.js` reads it back."""
+    value = ((index % 4096) << 4) | (index % 16)
+    out = image.copy()
+    block = image.shape[1] / BARCODE_BLOCKS_PER_WIDTH
+    for bit in range(BARCODE_BITS):
+        on = (value >> (BARCODE_BITS - 1 - bit)) & 1
+        out[: round(block), round(bit * block) : round((bit + 1) * block)] = 255 if on else 0
+    return out
+
+
+def write_y4m(path: str, frames: list[np.ndarray], fps: int = 30) -> None:
+    """A y4m clip (Chromium's fake camera plays it in a loop)."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    with av.open(path, "w", format="yuv4mpegpipe") as container:
+        stream = container.add_stream("rawvideo", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from streamseg import __version__
 from streamseg.config import Settings
+from streamseg.media.overlay import PALETTE
 from streamseg.server.metrics import CONTENT_TYPE
 from streamseg.server.runtime import Runtime
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "image_size": model.image_size if model else None,
             "backend": settings.backend,
             "device": str(model.device) if model else None,
+            "palette": PALETTE,
             "limits": {
                 "max_peers": settings.max_peers,
                 "max_streams": settings.max_streams,

@@ -1,0 +1,169 @@
+"""The browser demo in a real headless Chromium with a fake camera.
+
+Runs inside a private network namespace (scripts/test-browser.sh: `unshare -n`, then
+`lo` up), so neither Chromium nor the server can reach any other address. The camera
+plays a generated clip whose frames carry a frame-index barcode; the page reads it
+back from the returned video to measure true round-trip latency and to know which
+source frame each displayed pixel came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from streamseg.media.synthetic import draw_barcode, scene_frame, write_y4m
+from streamseg.protocol.masks import rle_decode
+from streamseg.server.background import running_server
+from streamseg.server.runtime import Runtime
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        os.environ.get("STREAMSEG_NETNS") != "1",
+        reason="browser tests run inside a private network namespace: scripts/test-browser.sh",
+    ),
+]
+CHROMIUM = "/usr/bin/chromium"
+W, H, FPS, CLIP = 640, 480, 30, 150
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+GRID = [(fx / 8, fy / 6) for fx in range(1, 8) for fy in range(1, 6)]
+
+
+def clip_frames() -> list[np.ndarray]:
+    return [draw_barcode(scene_frame(i, H, W), i) for i in range(CLIP)]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, Runtime]]:
+    with running_server() as running:
+        yield running
+
+
+async def _snapshot(page):  # type: ignore[no-untyped-def]
+    """A frame on screen whose metadata and barcode were both identified."""
+    for _ in range(100):
+        snap = await page.evaluate("(g) => window.streamseg.snapshot(g)", GRID)
+        if snap["meta"] is not None and snap["index"] is not None:
+            return snap
+        await asyncio.sleep(0.03)
+    raise AssertionError("no displayed frame could be matched to its metadata")
+
+
+async def _until(page, expression: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    await page.wait_for_function(expression, timeout=timeout * 1000)
+
+
+def _tint_consistent(snapshot: dict, frames: list[np.ndarray], track_id: int | None) -> int:  # type: ignore[type-arg]
+    """Check every grid pixel: tinted where the track's mask is, untouched elsewhere.
+    Returns how many grid points lay inside the mask."""
+    w, h = snapshot["size"]
+    source = cv2.resize(frames[snapshot["index"]], (w, h), interpolation=cv2.INTER_AREA)
+    mask = None
+    if track_id is not None:
+        track = next(t for t in snapshot["meta"]["tracks"] if t["track_id"] == track_id)
+        mask = rle_decode(track["rle"])
+    inside = 0
+    for (x, y), pixel in zip(snapshot["points"], snapshot["pixels"], strict=True):
+        around = source[max(0, y - 8) : y + 9, max(0, x - 8) : x + 9].reshape(-1, 3)
+        if np.ptp(around.astype(int), axis=0).max() > 120:
+            continue  # a shape edge: moving edges blur under compression
+        patch = source[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4].reshape(-1, 3)
+        diff = float(np.abs(np.array(pixel) - patch.mean(axis=0)).sum())
+        if mask is not None:
+            near = mask[max(0, y - 5) : y + 6, max(0, x - 5) : x + 6]
+            if near.all():
+                inside += 1
+                assert diff > 60, (x, y, diff)
+                continue
+            if near.any():
+                continue  # outline and compression at the edge
+        assert diff < 45, (x, y, diff)
+    return inside
+
+
+async def test_demo_tracks_a_clicked_object(server: tuple[str, Runtime], tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    url, _ = server
+    frames = clip_frames()
+    clip = tmp_path / "camera.y4m"
+    write_y4m(str(clip), frames, FPS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
+        )
+        page = await browser.new_page(viewport={"width": 1100, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(f"{url}/?probe&masks")
+        await page.click("#connect")
+        await _until(page, "window.streamseg.connected && window.streamseg.framesShown > 10")
+
+        start = await page.evaluate("window.streamseg.framesShown")
+        await asyncio.sleep(3)
+        fps = (await page.evaluate("window.streamseg.framesShown") - start) / 3
+        assert fps >= 10, fps
+
+        snap = await _snapshot(page)
+        assert snap["meta"]["tracks"] == []
+        _tint_consistent(snap, frames, None)
+
+        box = await page.locator("#ui").bounding_box()
+        assert box is not None
+        await page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        await _until(page, "window.streamseg.objects.length === 1")
+        (track_id,) = await page.evaluate("window.streamseg.objects")
+        await _until(
+            page,
+            f"window.streamseg.shownMeta && window.streamseg.shownMeta.tracks.some("
+            f"t => t.track_id === {track_id})",
+        )
+        inside = 0
+        for _ in range(10):
+            snap = await _snapshot(page)
+            if snap["meta"]["tracks"]:
+                inside += _tint_consistent(snap, frames, track_id)
+            await asyncio.sleep(0.2)
+        assert inside > 0
+        await page.screenshot(path=str(ARTIFACTS / "browser-demo.png"))
+
+        await page.click(f"#objects li[data-track-id='{track_id}'] button")
+        await _until(page, "window.streamseg.objects.length === 0")
+        await _until(
+            page, "window.streamseg.shownMeta && !window.streamseg.shownMeta.tracks.length"
+        )
+        await asyncio.sleep(0.5)
+        _tint_consistent(await _snapshot(page), frames, None)
+
+        rtt = await page.evaluate("window.streamseg.rttSamples")
+        assert len(rtt) > 10
+        print(
+            f"\nbrowser: {fps:.1f} fps shown, round trip p50 {np.median(rtt):.0f} ms "
+            f"p90 {np.percentile(rtt, 90):.0f} ms"
+        )
+        assert "live" in (await page.text_content("#status") or "")
+        assert not errors, errors
+        await browser.close()
