@@ -13,8 +13,8 @@ import pytest
 
 from streamseg.client_webrtc import SyntheticVideoTrack, WebRTCClient
 from streamseg.media.synthetic import scene_frame, shape_boxes
-from streamseg.server.runtime import Runtime
 from streamseg.server.background import running_server
+from streamseg.server.runtime import Runtime
 
 pytestmark = pytest.mark.e2e
 
