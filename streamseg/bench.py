@@ -175,6 +175,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from streamseg.bench_server import run_server_bench
 
         report = run_server_bench(args)
+    elif args.mode == "browser":
+        from streamseg.bench_browser import run_browser_bench
+
+        report = run_browser_bench(args)
     else:
         raise SystemExit(f"unknown bench mode {args.mode}")
     if getattr(args, "json", None):

@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--seconds", type=float, default=15.0)
     server.add_argument("--json", default=None)
     server.set_defaults(func=_bench)
+    browser = bench_sub.add_parser("browser", help="round trip through headless Chromium")
+    _add_model_args(browser)
+    browser.add_argument("--seconds", type=float, default=10.0)
+    browser.add_argument("--json", default=None)
+    browser.set_defaults(func=_bench)
     return parser
 
 
@@ -121,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("aioice", "aiortc"):  # per-candidate-pair INFO lines drown everything
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     result: int = args.func(args)
     return result
 

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamseg.media.synthetic import draw_barcode, scene_frame, write_y4m
+from streamseg.bench_browser import camera_clip, launch
+from streamseg.media.synthetic import write_y4m
 from streamseg.protocol.masks import rle_decode
 from streamseg.server.background import running_server
 from streamseg.server.runtime import Runtime
@@ -30,28 +31,8 @@ pytestmark = [
         reason="browser tests run inside a private network namespace: scripts/test-browser.sh",
     ),
 ]
-CHROMIUM = "/usr/bin/chromium"
-W, H, FPS, CLIP = 640, 480, 30, 150
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 GRID = [(fx / 8, fy / 6) for fx in range(1, 8) for fy in range(1, 6)]
-
-
-def clip_frames() -> list[np.ndarray]:
-    return [draw_barcode(scene_frame(i, H, W), i) for i in range(CLIP)]
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +84,13 @@ def _tint_consistent(snapshot: dict, frames: list[np.ndarray], track_id: int | N
 
 
 async def test_demo_tracks_a_clicked_object(server: tuple[str, Runtime], tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
     url, _ = server
-    frames = clip_frames()
+    frames = camera_clip()
     clip = tmp_path / "camera.y4m"
-    write_y4m(str(clip), frames, FPS)
+    write_y4m(str(clip), frames)
     ARTIFACTS.mkdir(exist_ok=True)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
-        )
+    pw, browser = await launch(clip)
+    try:
         page = await browser.new_page(viewport={"width": 1100, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -166,4 +142,6 @@ async def test_demo_tracks_a_clicked_object(server: tuple[str, Runtime], tmp_pat
         )
         assert "live" in (await page.text_content("#status") or "")
         assert not errors, errors
+    finally:
         await browser.close()
+        await pw.stop()
