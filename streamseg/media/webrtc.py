@@ -28,16 +28,15 @@ from streamseg.media.frame import frame_from_av
 from streamseg.media.overlay import draw_overlay
 from streamseg.media.slot import LatestSlot, SlotClosed
 from streamseg.model.errors import TrackerError
+from streamseg.pipeline.commands import apply_to_tracker
 from streamseg.pipeline.stream import StreamResult, StreamSession
 from streamseg.pipeline.wire import result_message
 from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
 from streamseg.protocol.messages import ack_message, error_message, frame_message_json
 from streamseg.protocol.prompts import (
-    AddPrompt,
+    ClientMessage,
     PromptError,
     PromptLimits,
-    RemoveTrack,
-    ResetTracks,
     SetOptions,
     parse_client_message,
     peek_request_id,
@@ -129,7 +128,6 @@ class Peer:
         self.channel: RTCDataChannel | None = None
         self.reader: asyncio.Task[None] | None = None
         self.closed = False
-        self._next_track_id = 1
         # Bound MAX_INFLIGHT_MESSAGES, policy `reject` (an error reply); applied in order.
         self._inflight: set[asyncio.Task[None]] = set()
         self._order = asyncio.Lock()
@@ -222,48 +220,14 @@ class Peer:
         else:
             self._reply(ack_message(request_id, result))
 
-    async def apply(self, msg: Any) -> dict[str, Any]:
-        """Run one validated client message on the inference thread."""
-        worker = self.runtime.worker
-        tracker = self.stream.tracker
-        if isinstance(msg, AddPrompt):
-            track_id = msg.track_id
-            if track_id is None:
-                track_id = max([*tracker.track_ids, self._next_track_id - 1]) + 1
-                self._next_track_id = track_id + 1
-            outcome = await worker.submit(
-                lambda: tracker.add_prompt(
-                    track_id,
-                    points=list(msg.points) or None,
-                    labels=list(msg.labels) or None,
-                    box=msg.box,
-                    frame_seq=msg.frame_seq,
-                    clear_old_points=msg.clear_old_points,
-                )
-            )
-            self.metrics.tracks_active.set(self.runtime.count_tracks())
-            return {
-                "track_id": outcome.track_id,
-                "created": outcome.created,
-                "requested_seq": outcome.requested_seq,
-                "applied_seq": outcome.applied_seq,
-                "exact": outcome.exact,
-                "caught_up_frames": outcome.caught_up_frames,
-                "score": outcome.result.score,
-                "bbox": outcome.result.bbox,
-            }
-        if isinstance(msg, RemoveTrack):
-            await worker.submit(lambda: tracker.remove_track(msg.track_id))
-            self.metrics.tracks_active.set(self.runtime.count_tracks())
-            return {"removed": msg.track_id}
-        if isinstance(msg, ResetTracks):
-            await worker.submit(tracker.reset)
-            self.metrics.tracks_active.set(self.runtime.count_tracks())
-            return {"reset": True}
-        assert isinstance(msg, SetOptions)
-        if msg.include_masks is not None:
-            self.options.masks_in_metadata = msg.include_masks
-        return {"masks_in_metadata": self.options.masks_in_metadata}
+    async def apply(self, msg: ClientMessage) -> dict[str, Any]:
+        if isinstance(msg, SetOptions):
+            if msg.include_masks is not None:
+                self.options.masks_in_metadata = msg.include_masks
+            return {"masks_in_metadata": self.options.masks_in_metadata}
+        result = await apply_to_tracker(self.runtime.worker, self.stream, msg)
+        self.metrics.tracks_active.set(self.runtime.count_tracks())
+        return result
 
     # ---- lifecycle -------------------------------------------------------------------
 

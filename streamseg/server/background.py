@@ -35,7 +35,13 @@ def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
     }
     settings = Settings(**values)  # type: ignore[arg-type]
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        ws_per_message_deflate=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -33,13 +32,6 @@ class Answer(BaseModel):
     peer_id: str
 
 
-def _executor(runtime: Runtime) -> ThreadPoolExecutor:
-    """Colour conversion and overlay drawing for all peers, off the event loop."""
-    if runtime.media_executor is None:
-        runtime.media_executor = ThreadPoolExecutor(2, thread_name_prefix="streamseg-media")
-    return runtime.media_executor
-
-
 @router.post("/offer", response_model=Answer)
 async def offer(body: Offer, request: Request) -> Answer:
     runtime: Runtime = request.app.state.runtime
@@ -51,7 +43,7 @@ async def offer(body: Offer, request: Request) -> Answer:
         raise HTTPException(429, f"at most {runtime.settings.max_peers} WebRTC peers at once")
     try:
         answer, peer = await answer_offer(
-            runtime, _executor(runtime), body.sdp, PeerOptions(**body.options.model_dump())
+            runtime, runtime.media_executor(), body.sdp, PeerOptions(**body.options.model_dump())
         )
     except OfferError as exc:
         runtime.metrics.requests_rejected.labels("bad_offer").inc()

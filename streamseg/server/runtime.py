@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,9 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     streams: dict[str, StreamSession] = field(default_factory=dict)
     closers: dict[str, Closer] = field(default_factory=dict)
-    media_executor: ThreadPoolExecutor | None = None
+    _media_executor: ThreadPoolExecutor | None = None
+    # id -> routes_streams.CameraStream (typed loosely to keep this module import-free)
+    cameras: dict[str, Any] = field(default_factory=dict)
     segmenter: ImageSegmenter | None = None
     embeddings: EmbeddingCache | None = None
 
@@ -112,6 +115,12 @@ class Runtime:
         self.metrics.streams_active.labels(kind).inc()
         return stream
 
+    def media_executor(self) -> ThreadPoolExecutor:
+        """Colour conversion, overlay drawing and mask encoding, off the event loop."""
+        if self._media_executor is None:
+            self._media_executor = ThreadPoolExecutor(2, thread_name_prefix="streamseg-media")
+        return self._media_executor
+
     def count_tracks(self) -> int:
         return sum(len(s.tracker.track_ids) for s in self.streams.values())
 
@@ -137,5 +146,5 @@ class Runtime:
             self.close_stream(stream_id)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-        if self.media_executor is not None:
-            self.media_executor.shutdown(wait=False, cancel_futures=True)
+        if self._media_executor is not None:
+            self._media_executor.shutdown(wait=False, cancel_futures=True)
