@@ -103,12 +103,15 @@ class StreamsegClient:
     ) -> Any:
         """Add or refine a track; returns track_id, applied_seq and whether it was exact."""
         body: dict[str, Any] = {"type": "prompt"}
-        for key, value in (("track_id", track_id), ("points", points), ("labels", labels),
-                           ("box", box), ("frame_seq", frame_seq)):  # fmt: skip
-            if value is not None:
-                body[key] = [list(p) for p in value] if key == "points" else value
-        if isinstance(body.get("box"), tuple):
-            body["box"] = list(body["box"])
+        if track_id is not None:
+            body["track_id"] = track_id
+        if points is not None:
+            body["points"] = [list(p) for p in points]
+            body["labels"] = list(labels or [])
+        if box is not None:
+            body["box"] = list(box)
+        if frame_seq is not None:
+            body["frame_seq"] = frame_seq
         return await self._request("POST", f"/v1/streams/{stream_id}/prompts", json=body)
 
     async def remove_track(self, stream_id: str, track_id: int) -> Any:

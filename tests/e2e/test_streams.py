@@ -192,8 +192,13 @@ async def test_unknown_ids_and_bad_socket_messages(
     server: tuple[str, Runtime], rtsp: RtspTestServer
 ) -> None:
     url, _ = server
-    for method, path in (("GET", "/v1/streams/zz"), ("DELETE", "/v1/streams/zz"),
-                         ("POST", "/v1/streams/zz/prompts"), ("GET", "/v1/streams/zz/frame.jpg")):  # fmt: skip
+    unknown = [
+        ("GET", "/v1/streams/zz"),
+        ("DELETE", "/v1/streams/zz"),
+        ("POST", "/v1/streams/zz/prompts"),
+        ("GET", "/v1/streams/zz/frame.jpg"),
+    ]
+    for method, path in unknown:
         assert httpx.request(method, f"{url}{path}").status_code == 404
     client = StreamsegClient(url)
     with pytest.raises(StreamNotFoundError):
