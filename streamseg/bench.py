@@ -179,6 +179,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from streamseg.bench_browser import run_browser_bench
 
         report = run_browser_bench(args)
+    elif args.mode == "websocket":
+        from streamseg.bench_websocket import run_websocket_bench
+
+        report = run_websocket_bench(args)
     else:
         raise SystemExit(f"unknown bench mode {args.mode}")
     if getattr(args, "json", None):

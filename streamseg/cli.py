@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     browser.add_argument("--seconds", type=float, default=10.0)
     browser.add_argument("--json", default=None)
     browser.set_defaults(func=_bench)
+    ws = bench_sub.add_parser("websocket", help="mask feed fan-out with a stalled client")
+    ws.add_argument("--seconds", type=float, default=5.0)
+    ws.add_argument("--encoding", default="rle", choices=["rle", "bitpack", "png"])
+    ws.add_argument("--json", default=None)
+    ws.set_defaults(func=_bench)
     return parser
 
 

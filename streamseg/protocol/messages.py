@@ -67,16 +67,25 @@ def _header(msg: FrameResultMessage) -> dict[str, Any]:
     return {"v": SCHEMA_VERSION, "type": "frame", **body}
 
 
+def encode_masks(masks: Sequence[np.ndarray], encoding: MaskEncoding) -> list[bytes]:
+    return [encode_mask(m, encoding) for m in masks]
+
+
 def encode_frame_message(
-    msg: FrameResultMessage, masks: Sequence[np.ndarray] | None = None
+    msg: FrameResultMessage,
+    masks: Sequence[np.ndarray] | None = None,
+    encoded: Sequence[bytes] | None = None,
 ) -> bytes:
+    """`encoded`: masks already encoded with `msg.encoding` (shared by many clients)."""
     header = _header(msg)
     payload = bytearray()
-    if masks is not None:
-        if msg.encoding is None or len(masks) != len(msg.tracks):
-            raise MessageError("masks need an encoding and one mask per track")
-        for track, mask in zip(header["tracks"], masks, strict=True):
-            blob = encode_mask(mask, msg.encoding)
+    if masks is not None or encoded is not None:
+        if msg.encoding is None:
+            raise MessageError("masks need an encoding")
+        blobs = list(encoded) if encoded is not None else encode_masks(masks or [], msg.encoding)
+        if len(blobs) != len(msg.tracks):
+            raise MessageError("one mask per track is needed")
+        for track, blob in zip(header["tracks"], blobs, strict=True):
             track["mask"] = {"offset": len(payload), "length": len(blob)}
             payload += blob
     head = json.dumps(header, separators=(",", ":")).encode()

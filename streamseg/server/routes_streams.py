@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from streamseg.protocol.messages import (
     SCHEMA_VERSION,
     ack_message,
     encode_frame_message,
+    encode_masks,
     error_message,
     hello_message,
 )
@@ -68,6 +70,19 @@ class CameraStream:
     latest: StreamResult | None = None
     out_times: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     in_times: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    _encoded: dict[tuple[int, MaskEncoding], list[bytes]] = field(default_factory=dict)
+    _encode_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def encoded_masks(self, out: StreamResult, encoding: MaskEncoding) -> list[bytes]:
+        """Masks of the newest result encoded once per encoding, however many clients."""
+        key = (out.frame.seq, encoding)
+        with self._encode_lock:
+            cached = self._encoded.get(key)
+            if cached is None:
+                cached = encode_masks([t.mask for t in out.result.tracks], encoding)
+                self._encoded = {k: v for k, v in self._encoded.items() if k[0] == key[0]}
+                self._encoded[key] = cached
+        return cached
 
     def on_result(self, out: StreamResult) -> None:
         self.latest = out
@@ -256,7 +271,7 @@ async def mask_feed(websocket: WebSocket, stream_id: str) -> None:
             send_timeout_s=SEND_TIMEOUT_S,
         )
     )
-    sender = asyncio.ensure_future(_send_results(websocket, runtime, session, mailbox, state))
+    sender = asyncio.ensure_future(_send_results(websocket, runtime, camera, mailbox, state))
     receiver = asyncio.ensure_future(_receive_prompts(websocket, runtime, session, state))
     try:
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -274,10 +289,11 @@ async def mask_feed(websocket: WebSocket, stream_id: str) -> None:
 async def _send_results(
     websocket: WebSocket,
     runtime: Runtime,
-    session: StreamSession,
+    camera: CameraStream,
     mailbox: LatestSlot[StreamResult],
     state: dict[str, Any],
 ) -> None:
+    session = camera.session
     loop = asyncio.get_running_loop()
     executor = runtime.media_executor()
     while True:
@@ -287,10 +303,10 @@ async def _send_results(
             return
 
         def encode(out: StreamResult = out) -> bytes:
-            masks = [t.mask for t in out.result.tracks] if state["masks"] else None
-            encoding = state["encoding"] if masks is not None else None
+            encoding = state["encoding"] if state["masks"] else None
+            blobs = camera.encoded_masks(out, encoding) if encoding is not None else None
             msg = result_message(out, time.time(), session.counters.dropped, encoding)
-            return encode_frame_message(msg, masks)
+            return encode_frame_message(msg, encoded=blobs)
 
         data = await loop.run_in_executor(executor, encode)
         try:
