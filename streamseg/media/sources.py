@@ -133,13 +133,15 @@ class SourceReader:
         while not self._stop.is_set():
             self._state = SourceState.CONNECTING
             try:
-                finished = self._read_once()
+                ending = self._read_once()
             except Exception as exc:  # PyAV raises many types; all mean "no stream now"
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("source %s: %s", self.url, self.last_error)
-                finished = False
-            if self._stop.is_set() or finished:
+                ending = "disconnected"
+            if self._stop.is_set() or ending == "ended":
                 break
+            if ending == "loop":
+                continue
             if self.last_frame_ts is not None and time.time() - self.last_frame_ts < 2 * backoff:
                 backoff = self.options.backoff_initial_s  # it was streaming: retry soon
             self._state = SourceState.RECONNECTING
@@ -149,8 +151,9 @@ class SourceReader:
             self._stop.wait(delay)
         self._state = SourceState.STOPPED
 
-    def _read_once(self) -> bool:
-        """One connection's life; True when the source ended for good (a file)."""
+    def _read_once(self) -> str:
+        """One connection's life: "ended" (a file, done), "loop" (a file, again) or
+        "disconnected"."""
         with self._open() as container:
             if not container.streams.video:
                 raise SourceError("the source has no video stream")
@@ -160,10 +163,13 @@ class SourceReader:
             pace = self.kind == "file" and self.options.realtime
             started = time.monotonic()
             first_time: float | None = None
-            while not self._stop.is_set():
-                decoded = self._decode_some(container, stream)
-                if decoded is None:
+            for packet in container.demux(stream):  # the last, empty packet flushes
+                if self._stop.is_set():
                     break
+                start = time.perf_counter()
+                decoded = packet.decode()
+                if decoded and self._on_decode is not None:
+                    self._on_decode(time.perf_counter() - start)
                 for av_frame in decoded:
                     if pace and av_frame.time is not None:
                         first_time = av_frame.time if first_time is None else first_time
@@ -171,21 +177,10 @@ class SourceReader:
                         self._stop.wait(max(0.0, due - time.monotonic()))
                     self._emit(av_frame, realtime)
             if self.kind == "file" and not self._stop.is_set():
-                return not self.options.loop
+                return "loop" if self.options.loop else "ended"
         if not self._stop.is_set():
             self.last_error = "the stream ended (server closed the connection)"
-        return False
-
-    def _decode_some(self, container: Any, stream: Any) -> list[Any] | None:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            start = time.perf_counter()
-            frames = packet.decode()
-            if self._on_decode is not None and frames:
-                self._on_decode(time.perf_counter() - start)
-            return list(frames)
-        return None
+        return "disconnected"
 
     def _emit(self, av_frame: Any, realtime: int | None) -> None:
         now = time.time()
