@@ -154,3 +154,16 @@ class RtspTestServer:
                     rtp = header + payload
                     writer.write(b"$\x00" + struct.pack(">H", len(rtp)) + rtp)
             await writer.drain()
+
+
+async def _serve_forever(port: int) -> None:
+    server = RtspTestServer(port, width=640, height=480)
+    await server.start()
+    print(f"test camera: {server.url}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1]) if len(sys.argv) > 1 else 8554))
