@@ -71,12 +71,12 @@ class CameraStream:
     out_times: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     in_times: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     _encoded: dict[tuple[int, MaskEncoding], list[bytes]] = field(default_factory=dict)
-    _encode_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def encoded_masks(self, out: StreamResult, encoding: MaskEncoding) -> list[bytes]:
         """Masks of the newest result encoded once per encoding, however many clients."""
         key = (out.frame.seq, encoding)
-        with self._encode_lock:
+        with self._lock:
             cached = self._encoded.get(key)
             if cached is None:
                 cached = encode_masks([t.mask for t in out.result.tracks], encoding)
@@ -86,20 +86,32 @@ class CameraStream:
 
     def on_result(self, out: StreamResult) -> None:
         self.latest = out
-        self.out_times.append(time.time())
+        with self._lock:
+            self.out_times.append(time.time())
+
+    def on_frame_in(self) -> None:
+        """Called on the reader thread."""
+        with self._lock:
+            self.in_times.append(time.time())
+
+    def _rates(self) -> tuple[float, float]:
+        now = time.time()
+        with self._lock:
+            fps_in = sum(1 for t in self.in_times if now - t < RATE_WINDOW_S)
+            fps_out = sum(1 for t in self.out_times if now - t < RATE_WINDOW_S)
+        return fps_in / RATE_WINDOW_S, fps_out / RATE_WINDOW_S
 
     def describe(self) -> dict[str, Any]:
         c = self.session.counters
-        now = time.time()
-        rate = lambda times: sum(1 for t in times if now - t < RATE_WINDOW_S) / RATE_WINDOW_S  # noqa: E731
+        fps_in, fps_out = self._rates()
         return {
             "id": self.session.id,
             "name": self.name,
             "url": self.reader.url,
             "kind": self.reader.kind,
             "state": self.reader.state.value,
-            "fps_in": rate(self.in_times),
-            "fps_out": rate(self.out_times),
+            "fps_in": fps_in,
+            "fps_out": fps_out,
             "frames_received": c.received,
             "frames_processed": c.processed,
             "frames_dropped": c.dropped,
@@ -156,7 +168,7 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
     camera: CameraStream
 
     def sink(frame: Any) -> None:
-        camera.in_times.append(time.time())
+        camera.on_frame_in()
         session.submit_frame(frame)
 
     reader = SourceReader(body.url, sink, options, on_decode=decode.observe)
