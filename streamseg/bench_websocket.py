@@ -17,22 +17,8 @@ import httpx
 import numpy as np
 import websockets
 
-from streamseg.media.synthetic import scene_frame, shape_boxes
+from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.protocol.messages import decode_frame_message
-
-
-def write_clip(path: Path, width: int = 640, height: int = 480, frames: int = 90) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(scene_frame(i, height, width), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 async def _reader(url: str, seconds: float, out: list[tuple[float, float]]) -> None:
@@ -59,7 +45,7 @@ async def measure(seconds: float, encoding: str) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, running_server() as (url, _):
         clip = Path(tmp) / "clip.mp4"
-        write_clip(clip)
+        write_h264(str(clip), 640, 480, 90)
         async with httpx.AsyncClient(base_url=url) as http:
             sid = (
                 await http.post("/v1/streams", json={"url": str(clip), "options": {"loop": True}})

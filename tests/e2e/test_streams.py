@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from streamseg.client import Result, StreamNotFoundError, StreamsegClient
-from streamseg.media.synthetic import scene_frame, shape_boxes
+from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.server.background import free_port, running_server
 from streamseg.server.runtime import Runtime
 from tests.e2e.rtsp_server import RtspTestServer
@@ -233,18 +233,8 @@ async def test_unknown_ids_and_bad_socket_messages(
 
 
 async def test_file_source_loops(server: tuple[str, Runtime], tmp_path: Path) -> None:
-    import av
-
     path = tmp_path / "clip.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        for i in range(15):
-            frame = av.VideoFrame.from_ndarray(scene_frame(i, 120, 160), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_h264(str(path), 160, 120, 15)
     url, _ = server
     client = StreamsegClient(url)
     sid = (await client.create_stream(str(path), loop=True))["id"]

@@ -3,23 +3,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import av
 import pytest
 
 from streamseg.media.frame import Frame
 from streamseg.media.sources import SourceError, SourceOptions, SourceReader, SourceState, classify
-from streamseg.media.synthetic import scene_frame
+from streamseg.media.synthetic import write_h264
 
 
 def _clip(path: Path, frames: int = 10) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(scene_frame(i, 48, 64))):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_h264(str(path), 64, 48, frames)
     return path
 
 

@@ -1,6 +1,7 @@
 // Frame-index barcodes for measuring true round-trip latency with a test camera:
 // 16 blocks along the top-left edge, each 1/40 of the frame width (so the code
-// survives WebRTC rescaling), 12 bits of index then a 4-bit check.
+// survives WebRTC rescaling), 10 bits of index then 6 check bits
+// (streamseg/media/synthetic.py draws it).
 export const BITS = 16;
 
 export function readBarcode(ctx, width) {
@@ -11,8 +12,8 @@ export function readBarcode(ctx, width) {
   for (let i = 0; i < BITS; i++) {
     const p = Math.floor(i * block + block / 2) * 4;
     const luma = 0.299 * row[p] + 0.587 * row[p + 1] + 0.114 * row[p + 2];
-    value = (value << 1) | (luma > 124 ? 1 : 0);
+    value = (value << 1) | (luma > 127 ? 1 : 0);
   }
-  const index = value >> 4;
-  return (index % 16) === (value & 15) ? index : null;
+  const index = value >> 6;
+  return (index * 37 + 11) % 64 === (value & 63) ? index : null;
 }
