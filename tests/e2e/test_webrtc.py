@@ -157,18 +157,32 @@ async def test_offer_without_video_is_refused(server: tuple[str, Runtime]) -> No
     assert response.status_code == 400 and "no video" in response.text
 
 
+WARMUP = 20
+
+
 async def test_churn_leaves_nothing_behind(server: tuple[str, Runtime]) -> None:
     url, runtime = server
     await _wait_for(lambda: not runtime.streams, 30)
-    threads_before = threading.active_count()
-    for _ in range(50):
+
+    async def cycle() -> None:
         client = WebRTCClient(url, SyntheticVideoTrack(160, 120))
         await client.connect()
-        await _wait_for(lambda c=client: len(c.metadata) > 0)  # type: ignore[misc]
+        await _wait_for(lambda: len(client.metadata) > 0)
         await client.close()
+
+    for _ in range(WARMUP):  # warm-up: codecs, executor threads, caches
+        await cycle()
+    await _wait_for(lambda: not runtime.streams and not runtime.closers, 30)
+    threads_before, rss_before = threading.active_count(), _rss_mb()
+    for _ in range(50):
+        await cycle()
     await _wait_for(lambda: not runtime.streams and not runtime.closers, 30)
     assert _metric(url, "streamseg_peers_active") == 0
+    assert _metric(url, "streamseg_streams_active") == 0
     assert threading.active_count() <= threads_before + 2
+    growth = _rss_mb() - rss_before
+    print(f"\nchurn: 50 peers, RSS growth {growth:.1f} MB")
+    assert growth < 20
 
 
 def _rss_mb() -> float:
