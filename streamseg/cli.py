@@ -32,7 +32,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "dtype": args.dtype,
         "threads": args.threads,
     }
-    for name in ("host", "port", "max_peers", "max_streams", "max_tracks", "backend"):
+    limits = ("max_peers", "max_streams", "max_tracks", "max_frame_side", "max_upload_bytes")
+    for name in ("host", "port", "backend", *limits):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     if getattr(args, "ice_host", None):
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-peers", type=int, default=None)
     serve.add_argument("--max-streams", type=int, default=None)
     serve.add_argument("--max-tracks", type=int, default=None)
+    serve.add_argument("--max-frame-side", type=int, default=None, help="pixels, per side")
+    serve.add_argument("--max-upload-bytes", type=int, default=None)
     serve.add_argument(
         "--ice-host", action="append", help="address offered in ICE candidates (repeatable)"
     )
