@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -181,9 +180,7 @@ class Peer:
         if self.options.masks_in_metadata:
             masks = [t.mask for t in out.result.tracks]
         msg = result_message(out, sent_ts, self.stream.counters.dropped)
-        body = json.loads(frame_message_json(msg, masks))
-        body["video_pts"] = video_pts
-        channel.send(json.dumps(body, separators=(",", ":")))
+        channel.send(frame_message_json(msg, masks, {"video_pts": video_pts}))
 
     # ---- data channel ----------------------------------------------------------------
 

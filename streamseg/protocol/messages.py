@@ -142,9 +142,14 @@ def decode_frame_message(data: bytes) -> tuple[FrameResultMessage, list[np.ndarr
     return msg, (masks if masks else None)
 
 
-def frame_message_json(msg: FrameResultMessage, masks: Sequence[np.ndarray] | None = None) -> str:
-    """Text form for the data channel; masks (if given) inline as COCO RLE."""
-    header = _header(msg)
+def frame_message_json(
+    msg: FrameResultMessage,
+    masks: Sequence[np.ndarray] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Text form for the data channel; masks (if given) inline as COCO RLE; `extra`
+    adds transport fields (e.g. the overlay frame's `video_pts`)."""
+    header = {**_header(msg), **(extra or {})}
     if masks is not None:
         for track, mask in zip(header["tracks"], masks, strict=True):
             track["rle"] = _rle(mask)
