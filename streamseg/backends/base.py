@@ -5,7 +5,7 @@ TensorRT)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -24,6 +24,38 @@ class ModelGeometry:
     @property
     def low_res_size(self) -> int:
         return self.feat_size * 4
+
+
+@dataclass(frozen=True, slots=True)
+class HeadSettings:
+    """The config flags the orchestration glue needs (from the model or a manifest)."""
+
+    multimask_output_in_sam: bool
+    multimask_output_for_tracking: bool
+    multimask_min_pt_num: int
+    multimask_max_pt_num: int
+    binarize_mask_from_pts_for_mem_enc: bool
+    sigmoid_scale_for_mem_enc: float
+    sigmoid_bias_for_mem_enc: float
+
+    @classmethod
+    def of(cls, model: Any) -> HeadSettings:
+        return cls(**{f: getattr(model, f) for f in cls.__slots__})
+
+    def uses_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
+        return bool(
+            self.multimask_output_in_sam
+            and (is_init_cond_frame or self.multimask_output_for_tracking)
+            and self.multimask_min_pt_num <= num_points <= self.multimask_max_pt_num
+        )
+
+    def mask_for_memory(self, high_res_logits: torch.Tensor, from_points: bool) -> torch.Tensor:
+        """Binarised (prompted frames) or sigmoid mask, then Meta's scale and bias."""
+        if from_points and self.binarize_mask_from_pts_for_mem_enc:
+            mask = (high_res_logits > 0).float()
+        else:
+            mask = torch.sigmoid(high_res_logits)
+        return mask * self.sigmoid_scale_for_mem_enc + self.sigmoid_bias_for_mem_enc
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from streamseg.backends.base import DecoderOutput, ImageFeatures, ModelGeometry
+from streamseg.backends.base import DecoderOutput, HeadSettings, ImageFeatures, ModelGeometry
 
 
 class TorchGraphs:
@@ -23,6 +23,7 @@ class TorchGraphs:
             max_obj_ptrs=int(model.max_obj_ptrs_in_encoder),
             feat_size=int(model.image_size) // int(model.backbone_stride),
         )
+        self.heads = HeadSettings.of(model)
         if not (model.use_high_res_features_in_sam and model.use_obj_ptrs_in_encoder):
             raise ValueError("streamseg needs a SAM 2 config with high-res features and pointers")
         if model.memory_temporal_stride_for_eval != 1 or model.non_overlap_masks_for_mem_enc:
@@ -106,21 +107,7 @@ class TorchGraphs:
         return pe
 
     def uses_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
-        m = self.model
-        return bool(
-            m.multimask_output_in_sam
-            and (is_init_cond_frame or m.multimask_output_for_tracking)
-            and m.multimask_min_pt_num <= num_points <= m.multimask_max_pt_num
-        )
+        return self.heads.uses_multimask(is_init_cond_frame, num_points)
 
     def mask_for_memory(self, high_res_logits: torch.Tensor, from_points: bool) -> torch.Tensor:
-        m = self.model
-        if from_points and m.binarize_mask_from_pts_for_mem_enc:
-            mask = (high_res_logits > 0).float()
-        else:
-            mask = torch.sigmoid(high_res_logits)
-        if m.sigmoid_scale_for_mem_enc != 1.0:
-            mask = mask * m.sigmoid_scale_for_mem_enc
-        if m.sigmoid_bias_for_mem_enc != 0.0:
-            mask = mask + m.sigmoid_bias_for_mem_enc
-        return mask
+        return self.heads.mask_for_memory(high_res_logits, from_points)
