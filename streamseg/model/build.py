@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from streamseg.backends.torch_graphs import TorchGraphs
+from streamseg.backends.base import SamGraphs
+from streamseg.backends.select import make_graphs
 
 # The settings Meta's `build_sam2_video_predictor` applies for inference.
 INFERENCE_OVERRIDES: dict[str, Any] = {
@@ -113,11 +114,15 @@ class LoadedModel:
     image_size: int
     device: torch.device
     module: Any
-    graphs: TorchGraphs
+    graphs: SamGraphs
+    backend: str = "torch"
 
     @property
     def description(self) -> str:
-        return f"sam2.1 {self.variant} @ {self.image_size}px, weights: {self.weights_label}"
+        return (
+            f"sam2.1 {self.variant} @ {self.image_size}px, weights: {self.weights_label}, "
+            f"backend: {self.backend}"
+        )
 
 
 def load_model(
@@ -128,6 +133,7 @@ def load_model(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    backend: str = "torch",
 ) -> LoadedModel:
     """Resolve a registry variant and a weights spec ("official", "random", a path)."""
     from streamseg.model.registry import get_variant
@@ -148,5 +154,6 @@ def load_model(
         image_size=size,
         device=torch.device(device),
         module=module,
-        graphs=TorchGraphs(module),
+        graphs=make_graphs(backend, module, variant.name),
+        backend=backend,
     )

@@ -64,6 +64,7 @@ class Runtime:
             image_size=s.image_size,
             device=s.resolved_device(),
             seed=s.seed,
+            backend=s.backend,
         )
         self.metrics.set_model_info(self.model.description, s.backend, str(self.model.device))
         log.info("model ready: %s", self.model.description)

@@ -3,6 +3,7 @@ and over a whole tracked sequence longer than the memory bank."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,3 +105,30 @@ def test_tracker_parity_over_a_long_sequence(backends: Any, scene: list[np.ndarr
         f"max |dlogit| {worst_diff:.2e}"
     )
     assert worst_iou >= 0.99
+
+
+def test_server_runs_on_the_onnx_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from streamseg.config import Settings
+    from streamseg.server.app import create_app
+
+    monkeypatch.setenv("STREAMSEG_ENGINES", str(tmp_path))
+    settings = Settings(model="test", weights="random", backend="onnx")
+    with TestClient(create_app(settings)) as client:
+        assert "backend: onnx" in client.get("/v1/info").json()["model"]
+        image = np.zeros((96, 128, 3), np.uint8)
+        import base64
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        r = client.post(
+            "/v1/segment",
+            json={"image_base64": base64.b64encode(buf.getvalue()).decode(),
+                  "prompts": [{"box": [10, 10, 60, 60]}]},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+    assert any(tmp_path.glob("test-128-fp32-*/manifest.json"))

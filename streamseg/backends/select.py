@@ -1,0 +1,74 @@
+"""Choosing a backend: `torch` (reference), `onnx` (ONNX Runtime over exported graphs,
+exported on first use into the engines folder), `tensorrt`, or `auto`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamseg.backends.base import SamGraphs
+from streamseg.backends.torch_graphs import TorchGraphs
+
+BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+
+
+def engines_dir() -> Path:
+    """`$STREAMSEG_ENGINES`, else the repository's engines/ folder."""
+    default = Path(__file__).resolve().parents[2] / "engines"
+    return Path(os.environ.get("STREAMSEG_ENGINES", default))
+
+
+class BackendUnavailableError(RuntimeError):
+    pass
+
+
+def weights_fingerprint(model: Any) -> str:
+    """Identifies the weights, so exported graphs are never reused for other weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:16]
+
+
+def onnx_folder(model: Any, model_name: str, root: Path | None = None) -> Path:
+    return (
+        root or engines_dir()
+    ) / f"{model_name}-{int(model.image_size)}-fp32-{weights_fingerprint(model)}"
+
+
+def make_graphs(kind: str, model: Any, model_name: str, engines: Path | None = None) -> SamGraphs:
+    if kind not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if kind == "auto":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            kind = "torch"
+        else:
+            kind = "tensorrt" if torch.cuda.is_available() else "torch"
+    if kind == "torch":
+        return TorchGraphs(model)
+    if kind == "tensorrt":
+        from streamseg.backends.trt_build import require_tensorrt
+
+        require_tensorrt()
+        raise BackendUnavailableError(
+            "the TensorRT runtime is not wired into the tracker yet; build plans with "
+            "`streamseg build-engine` (see docs/ENGINES.md) and use --backend onnx with the "
+            "TensorRT execution provider meanwhile"
+        )
+    from streamseg.backends.export import export_graphs
+    from streamseg.backends.onnx_graphs import OnnxGraphs
+
+    folder = onnx_folder(model, model_name, engines)
+    if not (folder / "manifest.json").is_file():
+        export_graphs(model.cpu(), folder, model_name)
+    providers = ["CPUExecutionProvider"]
+    if torch.cuda.is_available():
+        providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *providers]
+    return OnnxGraphs(folder, providers)
