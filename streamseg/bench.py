@@ -183,6 +183,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from streamseg.bench_websocket import run_websocket_bench
 
         report = run_websocket_bench(args)
+    elif args.mode == "backend":
+        from streamseg.bench_backend import run_backend_bench
+
+        report = run_backend_bench(args)
     else:
         raise SystemExit(f"unknown bench mode {args.mode}")
     if getattr(args, "json", None):

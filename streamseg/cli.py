@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--encoding", default="rle", choices=["rle", "bitpack", "png"])
     ws.add_argument("--json", default=None)
     ws.set_defaults(func=_bench)
+    backend = bench_sub.add_parser("backend", help="torch vs ONNX Runtime, per graph and frame")
+    _add_model_args(backend)
+    backend.add_argument("--frames", type=int, default=12)
+    backend.add_argument("--repeat", type=int, default=5)
+    backend.add_argument("--json", default=None)
+    backend.set_defaults(func=_bench)
     return parser
 
 
