@@ -7,7 +7,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,11 @@ from streamseg.backends.base import SamGraphs
 from streamseg.backends.export import export_graphs
 from streamseg.backends.onnx_graphs import OnnxGraphs
 from streamseg.backends.torch_graphs import TorchGraphs
+from streamseg.bench_server import median_ms
 from streamseg.media.synthetic import moving_scene, shape_boxes
 from streamseg.model.build import build_sam2
 from streamseg.model.registry import get_variant
 from streamseg.model.tracker import StreamTracker
-
-
-def _ms(fn: Callable[[], Any], repeat: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 def graph_times(graphs: SamGraphs, repeat: int) -> dict[str, float]:
@@ -43,17 +33,19 @@ def graph_times(graphs: SamGraphs, repeat: int) -> dict[str, float]:
         pos = feats.pos.flatten(2).permute(2, 0, 1)
         memory = torch.randn(7 * hw + 16 * splits, 1, cm)
         return {
-            "image_encoder": _ms(lambda: graphs.encode_image(torch.randn(1, 3, s, s)), repeat),
-            "memory_attention (7 memories, 16 pointers)": _ms(
+            "image_encoder": median_ms(
+                lambda: graphs.encode_image(torch.randn(1, 3, s, s)), repeat
+            ),
+            "memory_attention (7 memories, 16 pointers)": median_ms(
                 lambda: graphs.attend_memory(curr, pos, memory, memory, 16 * splits), repeat
             ),
-            "decoder (tracking)": _ms(
+            "decoder (tracking)": median_ms(
                 lambda: graphs.decode(
                     feats.embed, (feats.high_res_0, feats.high_res_1), None, None, None, True
                 ),
                 repeat,
             ),
-            "memory_encoder": _ms(
+            "memory_encoder": median_ms(
                 lambda: graphs.encode_memory(feats.embed, torch.rand(1, 1, s, s), torch.ones(1, 1)),
                 repeat,
             ),

@@ -30,7 +30,7 @@ from streamseg.media.synthetic import scene_frame, shape_boxes
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}
 
 
-def _time(fn: Callable[[], Any], repeat: int) -> float:
+def median_ms(fn: Callable[[], Any], repeat: int) -> float:
     fn()
     samples = []
     for _ in range(repeat):
@@ -66,11 +66,13 @@ def _overhead_row(w: int, h: int, repeat: int) -> dict[str, float]:
     composed = av.VideoFrame.from_ndarray(draw_overlay(image, masks), format="rgb24")
     composed.pts, composed.time_base = 0, Fraction(1, 90_000)
     row = {
-        "rgb_conversion": _time(lambda: frame_from_av(decoded, 0, 0.0), repeat),
-        "overlay_3_masks": _time(lambda: draw_overlay(image, masks), repeat),
-        "to_video_frame": _time(lambda: av.VideoFrame.from_ndarray(image, format="rgb24"), repeat),
-        "vp8_encode": _time(lambda: encoder.encode(composed, force_keyframe=False), repeat),
-        "metadata_json": _time(
+        "rgb_conversion": median_ms(lambda: frame_from_av(decoded, 0, 0.0), repeat),
+        "overlay_3_masks": median_ms(lambda: draw_overlay(image, masks), repeat),
+        "to_video_frame": median_ms(
+            lambda: av.VideoFrame.from_ndarray(image, format="rgb24"), repeat
+        ),
+        "vp8_encode": median_ms(lambda: encoder.encode(composed, force_keyframe=False), repeat),
+        "metadata_json": median_ms(
             lambda: frame_message_json(result_message(out, time.time(), 0)), repeat
         ),
     }

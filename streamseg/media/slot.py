@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -130,12 +130,8 @@ class LatestSlot(Generic[T]):
             replaced = not isinstance(dropped, _Empty)
             if replaced:
                 self.drops += 1
-            self._cond.notify_all()
-            waiters, self._waiters = self._waiters, []
-            signal = self._signal
-        _wake(waiters)
-        if signal is not None:
-            signal.notify()
+            waiters, signal = self._notify_locked()
+        self._wake_all(waiters, signal)
         if self._on_drop is not None and not isinstance(dropped, _Empty):
             self._on_drop(dropped)
         return replaced
@@ -176,9 +172,17 @@ class LatestSlot(Generic[T]):
         with self._cond:
             self._closed = True
             self._item = _EMPTY
-            self._cond.notify_all()
-            waiters, self._waiters = self._waiters, []
-            signal = self._signal
+            waiters, signal = self._notify_locked()
+        self._wake_all(waiters, signal)
+
+    def _notify_locked(self) -> tuple[list[Any], WorkSignal | None]:
+        """Wake blocked threads; hand back the async waiters and signal to wake outside."""
+        self._cond.notify_all()
+        waiters, self._waiters = self._waiters, []
+        return waiters, self._signal
+
+    @staticmethod
+    def _wake_all(waiters: list[Any], signal: WorkSignal | None) -> None:
         _wake(waiters)
         if signal is not None:
             signal.notify()
