@@ -77,6 +77,7 @@ class InferenceWorker:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.batches = 0
+        self.frames_encoded = 0
 
     # ---- lifecycle (called from the loop) ------------------------------------------
 
@@ -154,8 +155,20 @@ class InferenceWorker:
             for job in jobs:
                 self._run_job(job)
             taken = [(s, f) for s in streams if (f := s.take_frame()) is not None]
+            taken = [(s, f) for s, f in taken if self._acceptable(s, f)]
             for start in range(0, len(taken), self.max_batch):
                 self._step_batch(taken[start : start + self.max_batch])
+
+    @staticmethod
+    def _acceptable(stream: StreamSession, frame: Any) -> bool:
+        """Check a frame before it joins a batch, so one bad frame cannot sink the others."""
+        try:
+            stream.tracker.validate_frame(frame.image, frame.seq)
+        except Exception as exc:
+            stream.record_error(exc)
+            log.warning("stream %s: frame %s rejected: %s", stream.id, frame.seq, exc)
+            return False
+        return True
 
     def _run_job(self, job: _Job) -> None:
         try:
@@ -179,6 +192,7 @@ class InferenceWorker:
             log.exception("image encoder failed for a batch of %d frames", len(taken))
             return
         self.batches += 1
+        self.frames_encoded += len(taken)
         for i, (stream, frame) in enumerate(taken):
             try:
                 result = stream.tracker.step_encoded(

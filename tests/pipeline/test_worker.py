@@ -89,3 +89,30 @@ async def test_job_errors_reach_the_caller_and_queue_is_bounded(graphs: TorchGra
         await worker.submit(lambda: stream.tracker.add_prompt(1, box=[5, 5, 1, 1]))
     worker.stop()
     assert not worker.alive
+
+
+async def test_a_rejected_frame_is_not_encoded_and_does_not_stop_others(
+    graphs: TorchGraphs,
+) -> None:
+    loop = asyncio.get_running_loop()
+    worker = InferenceWorker(graphs)
+    good, bad = (
+        StreamSession(StreamTracker(graphs), loop),
+        StreamSession(StreamTracker(graphs), loop),
+    )
+    results: list[StreamResult] = []
+    for s in (good, bad):
+        worker.attach(s)
+    good.add_sink(results.append)
+    image = moving_scene(1)[0]
+    bad.submit_frame(_frame(5, image))
+    bad.tracker.step(image, seq=9)  # the bad stream's next frame now has an old seq
+    good.submit_frame(_frame(0, image))
+    worker.start()
+    deadline = loop.time() + 10
+    while not results and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    worker.stop()
+    assert [r.frame.seq for r in results] == [0]
+    assert worker.frames_encoded == 1  # the rejected frame never reached the encoder
+    assert bad.counters.errors == 1 and "seq must increase" in (bad.counters.last_error or "")
