@@ -22,10 +22,6 @@ def engines_dir() -> Path:
     return Path(os.environ.get("STREAMSEG_ENGINES", default))
 
 
-class BackendUnavailableError(RuntimeError):
-    pass
-
-
 def weights_fingerprint(model: Any) -> str:
     """Identifies the weights, so exported graphs are never reused for other weights."""
     digest = hashlib.sha256()
@@ -53,21 +49,18 @@ def make_graphs(kind: str, model: Any, model_name: str, engines: Path | None = N
             kind = "tensorrt" if torch.cuda.is_available() else "torch"
     if kind == "torch":
         return TorchGraphs(model)
-    if kind == "tensorrt":
-        from streamseg.backends.trt_build import require_tensorrt
-
-        require_tensorrt()
-        raise BackendUnavailableError(
-            "the TensorRT runtime is not wired into the tracker yet; build plans with "
-            "`streamseg build-engine` (see docs/ENGINES.md) and use --backend onnx with the "
-            "TensorRT execution provider meanwhile"
-        )
     from streamseg.backends.export import export_graphs
     from streamseg.backends.onnx_graphs import OnnxGraphs
 
     folder = onnx_folder(model, model_name, engines)
     if not (folder / "manifest.json").is_file():
         export_graphs(model.cpu(), folder, model_name)
+    if kind == "tensorrt":
+        from streamseg.backends.tensorrt_graphs import TensorRTGraphs
+        from streamseg.backends.trt_build import build_all, default_precision
+
+        build_all(folder, default_precision(), max_cond_frames=4, max_objects=16)
+        return TensorRTGraphs(folder)
     providers = ["CPUExecutionProvider"]
     if torch.cuda.is_available():
         providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *providers]

@@ -41,6 +41,13 @@ def require_tensorrt() -> Any:
     return trt
 
 
+def default_precision() -> str:
+    """FP16 where this TensorRT can still build it from the FP32 export (weak typing,
+    TensorRT 10); FP32 on TensorRT 11 until the FP16 export exists."""
+    trt = require_tensorrt()
+    return "fp16" if int(trt.__version__.split(".")[0]) < 11 else "fp32"
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """min/opt/max shapes per input of one graph."""

@@ -91,3 +91,30 @@ def test_build_engine_command_explains_missing_tensorrt(tmp_path, capsys) -> Non
     (tmp_path / "p.onnx").write_bytes(b"x")
     assert main(["build-engine", str(tmp_path)]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_buffer_pool_reuses_steady_shapes() -> None:
+    import torch
+
+    from streamseg.backends.tensorrt_graphs import BufferPool, signature
+
+    pool = BufferPool(torch.device("cpu"))
+    a = pool.get("x", (2, 3), torch.float32)
+    assert pool.get("x", (2, 3), torch.float32) is a and pool.allocations == 1
+    assert pool.get("x", (4, 3), torch.float32) is not a and pool.allocations == 2
+    assert pool.get("x", (4, 3), torch.float16).dtype == torch.float16
+    s1 = signature({"b": torch.zeros(1, 2), "a": torch.zeros(3)})
+    assert s1 == (("a", (3,)), ("b", (1, 2)))
+    assert s1 != signature({"b": torch.zeros(1, 3), "a": torch.zeros(3)})
+
+
+def test_tensorrt_backend_explains_itself_without_tensorrt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT present")
+    from streamseg.backends.select import make_graphs
+    from streamseg.model.build import build_sam2
+    from tests.conftest import TEST_CONFIG
+
+    with pytest.raises(TensorRTUnavailableError, match="not installed"):
+        make_graphs("tensorrt", build_sam2(TEST_CONFIG), "test", engines=tmp_path)
+    assert type(make_graphs("auto", build_sam2(TEST_CONFIG), "test")).__name__ == "TorchGraphs"
