@@ -24,6 +24,10 @@ class ExportedGraphs:
         self._no_mem = torch.from_numpy(constants["no_mem_embed"]).to(device)
         self._tpos = torch.from_numpy(constants["maskmem_tpos_enc"]).to(device)
 
+    @staticmethod
+    def geometry_of(folder: Path) -> ModelGeometry:
+        return ModelGeometry(**json.loads((folder / "manifest.json").read_text())["geometry"])
+
     def no_memory_embedding(self) -> torch.Tensor:
         return self._no_mem
 

@@ -6,8 +6,9 @@ CPU here; on GPU hosts pass providers such as `["TensorrtExecutionProvider",
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,13 +24,24 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
+Providers = Sequence[str | tuple[str, dict[str, Any]]]
+
+
 class OnnxGraphs(ExportedGraphs):
-    def __init__(self, folder: Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """`providers`: one list for every graph, or a function of the graph name (GPU hosts
+    give each graph its own TensorRT shape profile)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        providers: Providers | Callable[[str], Providers] = ("CPUExecutionProvider",),
+    ) -> None:
         import onnxruntime as ort
 
         super().__init__(folder, torch.device("cpu"))
+        choose = providers if callable(providers) else (lambda _name: providers)
         self._sessions = {
-            name: ort.InferenceSession(str(folder / entry["file"]), providers=list(providers))
+            name: ort.InferenceSession(str(folder / entry["file"]), providers=list(choose(name)))
             for name, entry in self.manifest["graphs"].items()
         }
 

@@ -61,7 +61,15 @@ def make_graphs(kind: str, model: Any, model_name: str, engines: Path | None = N
 
         build_all(folder, default_precision(), max_cond_frames=4, max_objects=16)
         return TensorRTGraphs(folder)
-    providers = ["CPUExecutionProvider"]
-    if torch.cuda.is_available():
-        providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *providers]
+    if not torch.cuda.is_available():
+        return OnnxGraphs(folder)
+    from streamseg.backends.trt_build import graph_profiles, ort_tensorrt_options
+
+    profiles = graph_profiles(OnnxGraphs.geometry_of(folder), max_cond_frames=4, max_objects=16)
+
+    def providers(name: str) -> list[Any]:
+        options = ort_tensorrt_options(profiles[name], folder / "ort-trt-cache", fp16=True)
+        return [("TensorrtExecutionProvider", options), "CUDAExecutionProvider",
+                "CPUExecutionProvider"]  # fmt: skip
+
     return OnnxGraphs(folder, providers)

@@ -212,3 +212,24 @@ def build_all(onnx_dir: Path, precision: str, max_cond_frames: int, max_objects:
         build_engine(onnx_dir / entry["file"], profiles[name], onnx_dir / "plans", precision)
         for name, entry in manifest["graphs"].items()
     ]
+
+
+def _profile_option(profile: Profile, which: int) -> str:
+    return ",".join(
+        f"{name}:{'x'.join(str(d) for d in shapes[which])}"
+        for name, shapes in sorted(profile.shapes.items())
+    )
+
+
+def ort_tensorrt_options(profile: Profile, cache_dir: Path, fp16: bool) -> dict[str, Any]:
+    """ONNX Runtime TensorRT execution-provider options: explicit shape profile and a
+    persistent engine and timing cache (the EP otherwise rebuilds on new shapes)."""
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True,
+        "trt_fp16_enable": fp16,
+        "trt_profile_min_shapes": _profile_option(profile, 0),
+        "trt_profile_opt_shapes": _profile_option(profile, 1),
+        "trt_profile_max_shapes": _profile_option(profile, 2),
+    }

@@ -118,3 +118,14 @@ def test_tensorrt_backend_explains_itself_without_tensorrt(tmp_path) -> None:  #
     with pytest.raises(TensorRTUnavailableError, match="not installed"):
         make_graphs("tensorrt", build_sam2(TEST_CONFIG), "test", engines=tmp_path)
     assert type(make_graphs("auto", build_sam2(TEST_CONFIG), "test")).__name__ == "TorchGraphs"
+
+
+def test_onnxruntime_tensorrt_provider_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streamseg.backends.trt_build import ort_tensorrt_options
+
+    p = Profile({"b": ((1, 2), (3, 4), (5, 6)), "a": ((1,), (2,), (3,))})
+    options = ort_tensorrt_options(p, tmp_path, fp16=True)
+    assert options["trt_profile_min_shapes"] == "a:1,b:1x2"
+    assert options["trt_profile_opt_shapes"] == "a:2,b:3x4"
+    assert options["trt_profile_max_shapes"] == "a:3,b:5x6"
+    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path)
