@@ -1,66 +1,196 @@
 """Python client for robots: manage camera streams and receive masks.
 
     import asyncio
+    import time
+
     from streamseg.client import StreamsegClient
 
     async def robot() -> None:
         client = StreamsegClient("http://127.0.0.1:8000")
-        stream = await client.create_stream("rtsp://camera.local/live")
-        await client.prompt(stream["id"], box=[100, 80, 300, 260])
+        stream = await client.create_stream("rtsp://camera.local/live", name="dock")
         async for result in client.results(stream["id"]):
+            if not result.message.tracks:
+                # Prompts go over the open socket; the reply says which frame they hit.
+                await client.add_prompt(stream["id"], box=[100, 80, 300, 260])
+                continue
             for track in result.message.tracks:
-                mask = result.masks[track.track_id]        # H x W bool numpy array
-                age = time.time() - result.message.times.capture_ts
-                act_on(track.track_id, track.bbox, mask, age)
+                mask = result.masks[track.track_id]  # H x W bool numpy array
+                act_on(track.track_id, track.bbox, mask, result.age_s)
 
     asyncio.run(robot())
 
-`results()` reconnects by itself (exponential backoff) and only ever holds the newest
-message: a robot that falls behind gets fresh masks, never a backlog.
+`results()` reads the socket continuously in a task of its own and keeps only the
+newest message, so a control loop slower than the camera gets fresh masks, never a
+backlog (skipped messages are counted in `client.dropped`). It reconnects by itself
+with exponential backoff and jitter, and raises `StreamNotFoundError` once the server
+says the stream does not exist. For synchronous code (a ROS callback, a plain loop)
+`LatestResults` runs the same thing on a background thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import random
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 import numpy as np
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from streamseg.protocol.messages import FrameResultMessage, decode_frame_message
+from streamseg.protocol.messages import FrameResultMessage, decode_frame_message, parse_server_text
 
-
-class StreamNotFoundError(LookupError):
-    pass
+CLOSE_UNKNOWN_STREAM = 4404
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class RequestError(RuntimeError):
-    def __init__(self, status: int, detail: Any) -> None:
-        message = detail.get("message") if isinstance(detail, dict) else detail
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.detail = status, detail
+    """The server refused a request; `code` is its machine-readable reason, `status`
+    the HTTP status (None when the refusal came over the websocket)."""
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(
+            f"{code}: {message}" if status is None else f"HTTP {status} {code}: {message}"
+        )
+        self.status, self.code, self.message = status, code, message
+
+
+class StreamNotFoundError(RequestError, LookupError):
+    pass
+
+
+def _refusal(status: int | None, code: str, message: str) -> RequestError:
+    cls = StreamNotFoundError if code == "unknown_stream" else RequestError
+    return cls(status, code, message)
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     message: FrameResultMessage
-    masks: dict[int, np.ndarray]
+    masks: dict[int, np.ndarray]  # track id -> H x W bool
+    received_ts: float  # when the message arrived (not when it was taken)
+
+    @property
+    def seq(self) -> int:
+        return self.message.seq
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the frame was captured (by the camera's clock where the stream
+        carries one, see `message.times.capture_ts_source`)."""
+        return time.time() - self.message.times.capture_ts
+
+
+@dataclass(eq=False)
+class _Socket:
+    """One open websocket: a pump task reads everything; the newest frame message waits
+    in a one-slot mailbox (policy latest), replies resolve their request's future."""
+
+    ws: ClientConnection
+    on_drop: Callable[[], None]
+    latest: tuple[bytes, float] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    ended: BaseException | None = None
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    async def pump(self) -> None:
+        try:
+            async for data in self.ws:
+                if isinstance(data, bytes):
+                    if self.latest is not None:
+                        self.on_drop()
+                    self.latest = (data, time.time())
+                    self.ready.set()
+                else:
+                    self._reply(parse_server_text(data))
+            self.ended = ConnectionClosed(self.ws.protocol.close_rcvd, self.ws.protocol.close_sent)
+        except Exception as exc:
+            self.ended = exc
+        finally:
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the websocket closed before a reply"))
+            self.ready.set()
+
+    def _reply(self, body: dict[str, Any]) -> None:
+        future = self.pending.pop(str(body.get("request_id")), None)
+        if future is None or future.done():
+            return
+        if body["type"] == "ack":
+            future.set_result(body.get("result") or {})
+        else:
+            code, message = str(body.get("code")), str(body.get("message"))
+            future.set_exception(_refusal(None, code, message))
+
+    async def next(self) -> tuple[bytes, float]:
+        """The newest frame message and when it arrived."""
+        while self.latest is None:
+            if self.ended is not None:
+                raise self.ended
+            self.ready.clear()
+            await self.ready.wait()
+        newest, self.latest = self.latest, None
+        return newest
+
+    async def request(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        request_id = f"c{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        try:
+            await self.ws.send(json.dumps({**body, "request_id": request_id}))
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.pending.pop(request_id, None)
+
+
+def _prompt_body(
+    track_id: int | None,
+    points: Sequence[Sequence[float]] | None,
+    labels: Sequence[int] | None,
+    box: Sequence[float] | None,
+    frame_seq: int | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "prompt"}
+    if track_id is not None:
+        body["track_id"] = track_id
+    if points is not None:
+        body["points"] = [[float(v) for v in p] for p in points]
+        body["labels"] = [int(v) for v in labels] if labels is not None else [1] * len(points)
+    if box is not None:
+        body["box"] = [float(v) for v in box]
+    if frame_seq is not None:
+        body["frame_seq"] = frame_seq
+    return body
 
 
 class StreamsegClient:
+    """REST helpers for streams plus websocket mask feeds; safe to share in one loop."""
+
     def __init__(
-        self, base_url: str, *, timeout: float = 30.0, backoff_max_s: float = 10.0
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        backoff_initial_s: float = 0.25,
+        backoff_max_s: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.reconnects = 0
+        self.dropped = 0  # results replaced by newer ones before the consumer took them
+        self._sockets: dict[str, list[_Socket]] = {}
 
     # ---- REST --------------------------------------------------------------------------
 
@@ -72,12 +202,19 @@ class StreamsegClient:
                 detail = response.json().get("detail")
             except ValueError:
                 detail = response.text
-            if response.status_code == 404:
-                raise StreamNotFoundError(str(detail))
-            raise RequestError(response.status_code, detail)
+            fallback = "unknown_stream" if response.status_code == 404 else "http_error"
+            if isinstance(detail, dict):
+                code = str(detail.get("code") or fallback)
+                message = str(detail.get("message"))
+            else:
+                code, message = fallback, json.dumps(detail)
+            raise _refusal(response.status_code, code, message)
+        if response.headers.get("content-type", "").startswith("image/"):
+            return response.content
         return response.json() if response.content else None
 
     async def create_stream(self, url: str, name: str | None = None, **options: Any) -> Any:
+        """Options: transport ("tcp"/"udp"), loop, realtime, stall_timeout_s, ..."""
         return await self._request(
             "POST", "/v1/streams", json={"url": url, "name": name, "options": options}
         )
@@ -91,7 +228,23 @@ class StreamsegClient:
     async def delete_stream(self, stream_id: str) -> None:
         await self._request("DELETE", f"/v1/streams/{stream_id}")
 
-    async def prompt(
+    async def frame_jpeg(self, stream_id: str) -> bytes:
+        """The newest processed frame with overlays (to pick where to prompt)."""
+        data: bytes = await self._request("GET", f"/v1/streams/{stream_id}/frame.jpg")
+        return data
+
+    # ---- prompts: over an open results() socket when there is one, else REST -----------
+
+    async def _command(self, stream_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        sockets = [s for s in self._sockets.get(stream_id, ()) if s.ended is None]
+        if sockets:
+            return await sockets[-1].request(body, self.timeout)
+        result: dict[str, Any] = await self._request(
+            "POST", f"/v1/streams/{stream_id}/prompts", json=body
+        )
+        return result
+
+    async def add_prompt(
         self,
         stream_id: str,
         *,
@@ -100,56 +253,167 @@ class StreamsegClient:
         labels: Sequence[int] | None = None,
         box: Sequence[float] | None = None,
         frame_seq: int | None = None,
-    ) -> Any:
-        """Add or refine a track; returns track_id, applied_seq and whether it was exact."""
-        body: dict[str, Any] = {"type": "prompt"}
-        if track_id is not None:
-            body["track_id"] = track_id
-        if points is not None:
-            body["points"] = [list(p) for p in points]
-            body["labels"] = list(labels or [])
-        if box is not None:
-            body["box"] = list(box)
-        if frame_seq is not None:
-            body["frame_seq"] = frame_seq
-        return await self._request("POST", f"/v1/streams/{stream_id}/prompts", json=body)
-
-    async def remove_track(self, stream_id: str, track_id: int) -> Any:
-        return await self._request(
-            "POST",
-            f"/v1/streams/{stream_id}/prompts",
-            json={"type": "remove", "track_id": track_id},
+    ) -> dict[str, Any]:
+        """Add (no `track_id`) or refine a track with points (labels default to
+        positive) and/or a box, on frame `frame_seq` (default: the newest). Returns
+        track_id, applied_seq and whether it landed on the exact frame."""
+        return await self._command(
+            stream_id, _prompt_body(track_id, points, labels, box, frame_seq)
         )
+
+    prompt = add_prompt
+
+    async def remove_track(self, stream_id: str, track_id: int) -> dict[str, Any]:
+        return await self._command(stream_id, {"type": "remove", "track_id": track_id})
+
+    async def reset_tracks(self, stream_id: str) -> dict[str, Any]:
+        return await self._command(stream_id, {"type": "reset"})
 
     # ---- websocket ---------------------------------------------------------------------
 
-    def _ws_url(self, stream_id: str, encoding: str) -> str:
+    def ws_url(self, stream_id: str, encoding: str = "rle") -> str:
         base = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return f"{base}/v1/streams/{stream_id}/masks?encoding={encoding}"
 
-    async def results(self, stream_id: str, encoding: str = "rle") -> AsyncIterator[Result]:
-        """Decoded results, forever; reconnects after drops, raises StreamNotFoundError
-        when the server says the stream does not exist."""
-        backoff = 0.25
+    def _count_drop(self) -> None:
+        self.dropped += 1
+
+    async def results(
+        self, stream_id: str, encoding: str = "rle", include_masks: bool = True
+    ) -> AsyncIterator[Result]:
+        """Decoded results, newest first-come, forever: reconnects after any drop,
+        raises StreamNotFoundError when the stream does not exist (or was deleted)."""
+        backoff = self.backoff_initial_s
         while True:
             try:
                 async with websockets.connect(
-                    self._ws_url(stream_id, encoding), compression=None, max_queue=2
+                    self.ws_url(stream_id, encoding),
+                    compression=None,
+                    max_size=MAX_MESSAGE_BYTES,
+                    open_timeout=self.timeout,
+                    close_timeout=1,
                 ) as ws:
-                    hello = json.loads(await ws.recv())
-                    if hello.get("type") == "error":
-                        raise StreamNotFoundError(hello.get("message"))
-                    backoff = 0.25
-                    async for data in ws:
-                        if isinstance(data, str):
-                            continue  # acks and errors for socket prompts
-                        message, masks = decode_frame_message(data)
-                        by_id = {
-                            t.track_id: m for t, m in zip(message.tracks, masks or [], strict=False)
-                        }
-                        yield Result(message, by_id)
-            except (TimeoutError, ConnectionClosed, OSError, InvalidStatus):
+                    hello = parse_server_text(await asyncio.wait_for(ws.recv(), self.timeout))
+                    if hello["type"] == "error":
+                        raise _refusal(None, str(hello.get("code")), str(hello.get("message")))
+                    sock = _Socket(ws, self._count_drop)
+                    pump = asyncio.ensure_future(sock.pump())
+                    self._sockets.setdefault(stream_id, []).append(sock)
+                    try:
+                        if not include_masks:
+                            await sock.request({"type": "options", "include_masks": False}, 10)
+                        backoff = self.backoff_initial_s
+                        while True:
+                            yield self._decode(*await sock.next())
+                    finally:
+                        self._sockets[stream_id].remove(sock)
+                        pump.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await pump
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNKNOWN_STREAM:
+                    raise StreamNotFoundError(None, "unknown_stream", exc.rcvd.reason) from None
+            except (OSError, InvalidHandshake, TimeoutError):
                 pass
             self.reconnects += 1
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.backoff_max_s)
+
+    @staticmethod
+    def _decode(data: bytes, received_ts: float) -> Result:
+        message, masks = decode_frame_message(data)
+        with_masks = zip(message.tracks, masks or [], strict=False)
+        return Result(message, {t.track_id: m for t, m in with_masks}, received_ts)
+
+
+class LatestResults:
+    """`results()` on a background thread, for synchronous robot loops:
+
+    with LatestResults("http://server:8000", "s1") as feed:
+        while running:
+            result = feed.latest(newer_than=last_seq, timeout=1.0)
+    """
+
+    def __init__(self, base_url: str, stream_id: str, encoding: str = "rle") -> None:
+        self.client = StreamsegClient(base_url)
+        self.stream_id, self.encoding = stream_id, encoding
+        self._cond = threading.Condition()
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamseg results", daemon=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def latest(self, newer_than: int | None = None, timeout: float | None = None) -> Result | None:
+        """The newest result (with seq > `newer_than`), waiting up to `timeout`; None if
+        there is none yet. Re-raises what ended the feed (e.g. StreamNotFoundError)."""
+
+        def fresh() -> bool:
+            r = self._result
+            return self._error is not None or (
+                r is not None and (newer_than is None or r.seq > newer_than)
+            )
+
+        with self._cond:
+            self._cond.wait_for(fresh, timeout)
+            if self._error is not None:
+                raise self._error
+            r = self._result
+            return r if r is not None and (newer_than is None or r.seq > newer_than) else None
+
+    def add_prompt(self, **prompt: Any) -> dict[str, Any]:
+        """`StreamsegClient.add_prompt` for this stream, from the calling thread."""
+        return self._call(self.client.add_prompt(self.stream_id, **prompt))
+
+    def remove_track(self, track_id: int) -> dict[str, Any]:
+        return self._call(self.client.remove_track(self.stream_id, track_id))
+
+    def _call(self, coro: Any) -> dict[str, Any]:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("the feed is not running")
+        result: dict[str, Any] = asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return result
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        if self._stopping.is_set():  # stop() came before the task existed
+            return
+        try:
+            async for result in self.client.results(self.stream_id, self.encoding):
+                with self._cond:
+                    self._result = result
+                    self._cond.notify_all()
+        except Exception as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()

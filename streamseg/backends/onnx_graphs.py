@@ -1,11 +1,16 @@
-"""ONNX Runtime backend: runs the exported graphs (see export.py) behind `SamGraphs`.
+"""ONNX Runtime backend: runs an export folder (see export.py) behind `SamGraphs`.
 
-CPU here; on GPU hosts pass providers such as `["TensorrtExecutionProvider",
-"CUDAExecutionProvider", "CPUExecutionProvider"]`.
+CPU here. On GPU hosts `gpu_providers` gives each graph the TensorRT execution
+provider with an explicit shape profile (so the EP does not rebuild its engine when the
+memory bank grows) and persistent engine and timing caches, then the CUDA provider.
+Inputs and outputs are bound to torch tensors with IO binding, so on a GPU nothing
+round-trips through host memory; output shapes are learned on the first run of each
+input signature and preallocated afterwards.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,37 +22,106 @@ from streamseg.backends.base import DecoderOutput, ImageFeatures
 from streamseg.backends.export import decoder_name
 from streamseg.backends.exported import ExportedGraphs
 
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.int32:
-        return t.detach().cpu().numpy()
-    return t.detach().to("cpu", torch.float32).contiguous().numpy()
-
-
 Providers = Sequence[str | tuple[str, dict[str, Any]]]
+_NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32,
+             torch.int64: np.int64, torch.bool: np.bool_}  # fmt: skip
+_TORCH_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
+                "tensor(int32)": torch.int32, "tensor(int64)": torch.int64,
+                "tensor(bool)": torch.bool}  # fmt: skip
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_FP16_CRASHERS = ["FuseFp16InitializerToFp32NodeTransformer"]
+
+
+class _Session:
+    """One graph: an InferenceSession plus the output shapes seen per input signature."""
+
+    def __init__(self, session: Any, device: torch.device, max_signatures: int = 64) -> None:
+        self.session = session
+        self.device = device
+        self.inputs = [(i.name, _TORCH_TYPES[i.type]) for i in session.get_inputs()]
+        self.outputs = [(o.name, _TORCH_TYPES[o.type]) for o in session.get_outputs()]
+        self.shapes: OrderedDict[tuple[Any, ...], list[tuple[int, ...]]] = OrderedDict()
+        self.max_signatures = max_signatures
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        self._where = (kind, device.index or 0)
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        binding = self.session.io_binding()
+        held = []  # keep every bound tensor alive until the run returns
+        for name, dtype in self.inputs:
+            t = feeds[name].to(self.device, dtype).contiguous()
+            held.append(t)
+            binding.bind_input(name, *self._where, _NP_TYPES[dtype], tuple(t.shape), t.data_ptr())
+        if self.device.type == "cuda":  # ORT runs on its own stream: inputs must be ready
+            torch.cuda.current_stream(self.device).synchronize()
+        signature = tuple(tuple(t.shape) for t in held)
+        known = self.shapes.get(signature)
+        if known is None:  # first time: ORT allocates, we learn the shapes
+            for name, _ in self.outputs:
+                binding.bind_output(name, self._where[0], self._where[1])
+            self.session.run_with_iobinding(binding)
+            outs = [torch.from_numpy(a).to(self.device) for a in binding.copy_outputs_to_cpu()]
+            self.shapes[signature] = [tuple(o.shape) for o in outs]
+            while len(self.shapes) > self.max_signatures:
+                self.shapes.popitem(last=False)
+            return outs
+        self.shapes.move_to_end(signature)
+        outs = []
+        for (name, dtype), shape in zip(self.outputs, known, strict=True):
+            out = torch.empty(shape, dtype=dtype, device=self.device)
+            binding.bind_output(name, *self._where, _NP_TYPES[dtype], shape, out.data_ptr())
+            outs.append(out)
+        self.session.run_with_iobinding(binding)
+        return outs
 
 
 class OnnxGraphs(ExportedGraphs):
     """`providers`: one list for every graph, or a function of the graph name (GPU hosts
-    give each graph its own TensorRT shape profile)."""
+    give each graph its own TensorRT shape profile). The device follows the providers:
+    CUDA when a GPU provider is asked for and torch sees a GPU."""
 
     def __init__(
         self,
         folder: Path,
         providers: Providers | Callable[[str], Providers] = ("CPUExecutionProvider",),
+        device: torch.device | None = None,
+        threads: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        super().__init__(folder, torch.device("cpu"))
         choose = providers if callable(providers) else (lambda _name: providers)
+        if device is None:
+            usable = set(GPU_PROVIDERS) & set(ort.get_available_providers())
+            wants_gpu = any(
+                (p if isinstance(p, str) else p[0]) in usable for p in choose("image_encoder")
+            )
+            device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+        super().__init__(folder, device)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # ORT 1.32's CPU-only pass that folds FP16 weights into FP32 nodes segfaults on
+        # the FP16 memory-attention graph; it does nothing on GPU providers.
+        skip = CPU_FP16_CRASHERS if self.manifest["precision"] == "fp16" else []
         self._sessions = {
-            name: ort.InferenceSession(str(folder / entry["file"]), providers=list(choose(name)))
+            name: _Session(
+                ort.InferenceSession(
+                    str(folder / entry["file"]),
+                    options,
+                    providers=list(choose(name)),
+                    disabled_optimizers=skip,
+                ),
+                device,
+            )
             for name, entry in self.manifest["graphs"].items()
         }
 
+    def providers(self, name: str) -> list[str]:
+        """The providers ONNX Runtime actually assigned to a graph (for logs and tests)."""
+        return list(self._sessions[name].session.get_providers())
+
     def _run(self, name: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self._sessions[name].run(None, {k: _np(v) for k, v in inputs.items()})
-        return [torch.from_numpy(o) for o in outputs]
+        return self._sessions[name].run(inputs)
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         hr0, hr1, embed, pos = self._run("image_encoder", images=images)
@@ -92,3 +166,42 @@ class OnnxGraphs(ExportedGraphs):
     def pointer_time_embedding(self, rel_pos: torch.Tensor) -> torch.Tensor:
         (pos,) = self._run("pointer_pos", rel_pos=rel_pos)
         return pos
+
+
+def tensorrt_provider_options(
+    profile: Any, cache_dir: Path, name: str, fp16_weak: bool = False
+) -> dict[str, Any]:
+    """TensorRT EP options for one graph: explicit min/opt/max shapes (else the EP
+    rebuilds its engine whenever the memory bank grows), engine and timing caches on
+    disk. `fp16_weak` asks for TensorRT's weakly typed FP16 on an FP32 graph (TensorRT
+    10 only); with it off the EP builds strongly typed, honouring an FP16 export."""
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_engine_cache_prefix": name,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_fp16_enable": fp16_weak,
+        "trt_profile_min_shapes": profile.option(0),
+        "trt_profile_opt_shapes": profile.option(1),
+        "trt_profile_max_shapes": profile.option(2),
+    }
+
+
+def gpu_providers(
+    folder: Path, profiles: dict[str, Any], device_id: int = 0
+) -> Callable[[str], list[Any]]:
+    """Per-graph provider lists for a GPU host: TensorRT (with that graph's profile),
+    then CUDA, then CPU for anything neither takes."""
+    cache = folder / "ort-trt-cache"
+
+    def providers(name: str) -> list[Any]:
+        chain: list[Any] = []
+        if name in profiles:
+            options = tensorrt_provider_options(profiles[name], cache, name)
+            chain.append(("TensorrtExecutionProvider", {"device_id": device_id, **options}))
+        chain.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        chain.append("CPUExecutionProvider")
+        return chain
+
+    return providers

@@ -1,9 +1,13 @@
-"""Choosing a backend: `torch` (reference), `onnx` (ONNX Runtime over exported graphs,
-exported on first use into the engines folder), `tensorrt`, or `auto`."""
+"""Choosing a backend: `torch` (reference), `onnx` (ONNX Runtime over exported graphs),
+`tensorrt` (plans built on this GPU), or `auto`: TensorRT when it and CUDA are present
+and the model lives on the GPU, else torch on the model's device (CUDA, then CPU, as
+`load_model` chose). Exported graphs and plans are made on first use and cached under
+engines/<model>/<size>-<precision>-<weights>/."""
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,9 +15,14 @@ from typing import Any
 import torch
 
 from streamseg.backends.base import SamGraphs
+from streamseg.backends.export import weights_fingerprint
 from streamseg.backends.torch_graphs import TorchGraphs
+from streamseg.backends.trt_build import BackendUnavailableError, BankLimits
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+__all__ = ["BACKENDS", "BackendUnavailableError", "engines_dir", "export_folder", "make_graphs"]
 
 
 def engines_dir() -> Path:
@@ -22,54 +31,105 @@ def engines_dir() -> Path:
     return Path(os.environ.get("STREAMSEG_ENGINES", default))
 
 
-def weights_fingerprint(model: Any) -> str:
-    """Identifies the weights, so exported graphs are never reused for other weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
-    return digest.hexdigest()[:16]
+def export_folder(
+    model: Any, model_name: str, precision: str = "fp32", root: Path | None = None
+) -> Path:
+    """Where an export of these weights at this size and precision lives."""
+    name = f"{int(model.image_size)}-{precision}-{weights_fingerprint(model)}"
+    return (root or engines_dir()) / model_name / name
 
 
 def onnx_folder(model: Any, model_name: str, root: Path | None = None) -> Path:
+    """The FP32 export folder (earlier name of `export_folder`)."""
+    return export_folder(model, model_name, "fp32", root)
+
+
+def ensure_export(model: Any, model_name: str, precision: str, root: Path | None) -> Path:
+    """Export once; a folder counts as done when its manifest (written last) exists."""
+    from streamseg.backends.export import export_graphs
+
+    folder = export_folder(model, model_name, precision, root)
+    if not (folder / "manifest.json").is_file():
+        log.info("exporting %s (%s) to %s", model_name, precision, folder)
+        export_graphs(model, folder, model_name, precision)
+    return folder
+
+
+def tensorrt_usable(model: Any) -> bool:
+    """TensorRT importable, a GPU visible, and the model placed on it."""
     return (
-        root or engines_dir()
-    ) / f"{model_name}-{int(model.image_size)}-fp32-{weights_fingerprint(model)}"
+        importlib.util.find_spec("tensorrt") is not None
+        and torch.cuda.is_available()
+        and torch.device(model.device).type == "cuda"
+    )
 
 
-def make_graphs(kind: str, model: Any, model_name: str, engines: Path | None = None) -> SamGraphs:
+def _tensorrt(model: Any, model_name: str, root: Path | None, limits: BankLimits) -> SamGraphs:
+    from streamseg.backends.tensorrt_graphs import TensorRTGraphs
+    from streamseg.backends.trt_build import DeviceInfo, PlanManifest, build_plans, require_tensorrt
+
+    trt = require_tensorrt()
+    device = torch.device(model.device)
+    if device.type != "cuda":
+        raise BackendUnavailableError("the tensorrt backend needs the model on a GPU (--device)")
+    folder = ensure_export(model, model_name, "fp16", root)
+    with torch.cuda.device(device):  # plans are built for, and keyed by, this GPU
+        try:
+            PlanManifest.load(folder / "plans", DeviceInfo.current(trt))
+        except BackendUnavailableError:
+            log.warning("building TensorRT plans in %s (minutes, once per GPU)", folder / "plans")
+            build_plans(folder, limits)
+    return TensorRTGraphs(folder, device=device)
+
+
+def make_graphs(
+    kind: str,
+    model: Any,
+    model_name: str,
+    engines: Path | None = None,
+    *,
+    precision: str | None = None,
+    limits: BankLimits | None = None,
+) -> SamGraphs:
+    """The graphs for backend `kind` on a built sam2 model.
+
+    `precision` applies to `onnx` (default fp32 on CPU, fp16 with CUDA); `tensorrt`
+    always runs the FP16 export. Raises BackendUnavailableError when an explicitly
+    asked-for backend cannot run here; `auto` falls back to torch instead.
+    """
     if kind not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    limits = limits or BankLimits()
     if kind == "auto":
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            kind = "torch"
-        else:
-            kind = "tensorrt" if torch.cuda.is_available() else "torch"
+        if tensorrt_usable(model):
+            try:
+                return _tensorrt(model, model_name, engines, limits)
+            except (BackendUnavailableError, RuntimeError, ValueError) as exc:
+                log.warning("TensorRT unavailable (%s); using torch on %s", exc, model.device)
+        return TorchGraphs(model)
     if kind == "torch":
         return TorchGraphs(model)
-    from streamseg.backends.export import export_graphs
-    from streamseg.backends.onnx_graphs import OnnxGraphs
-
-    folder = onnx_folder(model, model_name, engines)
-    if not (folder / "manifest.json").is_file():
-        export_graphs(model.cpu(), folder, model_name)
     if kind == "tensorrt":
-        from streamseg.backends.tensorrt_graphs import TensorRTGraphs
-        from streamseg.backends.trt_build import build_all, default_precision
+        return _tensorrt(model, model_name, engines, limits)
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise BackendUnavailableError(
+            "the onnx backend needs onnx and onnxruntime: pip install 'streamseg[onnx]'"
+        )
+    import onnxruntime as ort
 
-        build_all(folder, default_precision(), max_cond_frames=4, max_objects=16)
-        return TensorRTGraphs(folder)
-    if not torch.cuda.is_available():
+    from streamseg.backends.onnx_graphs import GPU_PROVIDERS, OnnxGraphs, gpu_providers
+
+    on_gpu = (
+        torch.device(model.device).type == "cuda"
+        and torch.cuda.is_available()
+        and bool(set(GPU_PROVIDERS) & set(ort.get_available_providers()))
+    )
+    precision = precision or ("fp16" if on_gpu else "fp32")
+    folder = ensure_export(model, model_name, precision, engines)
+    if not on_gpu:
         return OnnxGraphs(folder)
-    from streamseg.backends.trt_build import graph_profiles, ort_tensorrt_options
+    from streamseg.backends.trt_build import graph_profiles
 
-    profiles = graph_profiles(OnnxGraphs.geometry_of(folder), max_cond_frames=4, max_objects=16)
-
-    def providers(name: str) -> list[Any]:
-        options = ort_tensorrt_options(profiles[name], folder / "ort-trt-cache", fp16=True)
-        return [("TensorrtExecutionProvider", options), "CUDAExecutionProvider",
-                "CPUExecutionProvider"]  # fmt: skip
-
-    return OnnxGraphs(folder, providers)
+    profiles = graph_profiles(OnnxGraphs.geometry_of(folder), limits)
+    device_id = torch.device(model.device).index or 0
+    return OnnxGraphs(folder, gpu_providers(folder, profiles, device_id))

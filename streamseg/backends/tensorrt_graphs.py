@@ -1,119 +1,294 @@
-"""TensorRT runtime backend behind `SamGraphs` (GPU hosts only; UNVERIFIED here).
+"""TensorRT runtime backend behind `SamGraphs` (GPU hosts only; unverified here).
 
-Plans come from `streamseg build-engine`. Each graph keeps one execution context and
-persistent device buffers (reused while shapes repeat, grown when they do not); every
-launch is `execute_async_v3` on one CUDA stream. Once a graph has seen the same input
-shapes `CAPTURE_AFTER` times in a row, its launch is captured in a CUDA graph and
-replayed, with inputs copied into the captured buffers.
+Plans come from `streamseg build-engine` (trt_build.py). Each graph keeps one execution
+context and, per input signature (the tuple of input shapes), persistent device
+buffers: inputs are copied into them, `execute_async_v3` runs on the backend's single
+CUDA stream, outputs are copied out. Once a signature has run `capture_after` times the
+launch is captured into a CUDA graph and replayed from then on (the steady state: the
+same bank layout and object count frame after frame). Signatures are kept in a small
+LRU, so a few alternating layouts (two groups of tracks) all stay captured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from streamseg.backends.base import DecoderOutput, ImageFeatures
 from streamseg.backends.export import decoder_name
 from streamseg.backends.exported import ExportedGraphs
-from streamseg.backends.trt_build import require_tensorrt
+from streamseg.backends.trt_build import (
+    BackendUnavailableError,
+    DeviceInfo,
+    PlanManifest,
+    require_tensorrt,
+)
+
+log = logging.getLogger(__name__)
 
 CAPTURE_AFTER = 3
+MAX_SIGNATURES = 16
 Signature = tuple[tuple[str, tuple[int, ...]], ...]
+TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
+                "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool,
+                "INT8": torch.int8, "UINT8": torch.uint8}  # fmt: skip
 
 
 def signature(inputs: dict[str, torch.Tensor]) -> Signature:
     return tuple(sorted((name, tuple(t.shape)) for name, t in inputs.items()))
 
 
-class BufferPool:
-    """Persistent tensors by name: reused for the same shape and dtype, replaced
-    otherwise, so steady-state launches allocate nothing."""
+def torch_dtype(trt_dtype: Any) -> torch.dtype:
+    name = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
+    return TORCH_DTYPES[name]
+
+
+class CudaStream:
+    """The one stream every graph launches on, ordered against torch's current stream
+    without host synchronisation."""
 
     def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+
+    @property
+    def handle(self) -> int:
+        return int(self.stream.cuda_stream)
+
+    def use(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(self.stream)
+
+    def begin(self, inputs: list[torch.Tensor]) -> None:
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+        for t in inputs:
+            if t.is_cuda:
+                t.record_stream(self.stream)  # the caller may free it before we read it
+
+    def adopt(self, buffers: list[torch.Tensor]) -> None:
+        """Persistent buffers are used on this stream: when one is evicted, the allocator
+        must not hand its memory out before this stream is done with it."""
+        for t in buffers:
+            t.record_stream(self.stream)
+
+    def end(self, outputs: list[torch.Tensor]) -> None:
+        current = torch.cuda.current_stream(self.stream.device)
+        current.wait_stream(self.stream)
+        for t in outputs:
+            t.record_stream(current)
+
+    def capture(self, launch: Callable[[], None]) -> Callable[[], None]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            launch()
+        return graph.replay
+
+
+class HostStream:
+    """Stand-in for CudaStream on a CPU host, so the buffer and capture policy can be
+    unit-tested with a fake engine; 'capturing' just keeps the launch to re-run."""
+
+    handle = 0
+    captures = 0
+
+    def use(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def begin(self, inputs: list[torch.Tensor]) -> None:
+        pass
+
+    def adopt(self, buffers: list[torch.Tensor]) -> None:
+        pass
+
+    def end(self, outputs: list[torch.Tensor]) -> None:
+        pass
+
+    def capture(self, launch: Callable[[], None]) -> Callable[[], None]:
+        self.captures += 1
+        return launch
+
+
+@dataclass
+class _Slot:
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    runs: int = 0
+    replay: Callable[[], None] | None = field(default=None, repr=False)
+
+
+class TrtRunner:
+    """One plan: its execution context, persistent buffers and CUDA graphs."""
+
+    def __init__(
+        self,
+        trt: Any,
+        engine: Any,
+        device: torch.device,
+        stream: CudaStream | HostStream,
+        name: str = "graph",
+        capture_after: int = CAPTURE_AFTER,
+        max_signatures: int = MAX_SIGNATURES,
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"{name}: TensorRT could not create an execution context")
         self.device = device
-        self._buffers: dict[str, torch.Tensor] = {}
-        self.allocations = 0
-
-    def get(self, name: str, shape: Iterable[int], dtype: torch.dtype) -> torch.Tensor:
-        shape = tuple(shape)
-        current = self._buffers.get(name)
-        if current is None or tuple(current.shape) != shape or current.dtype != dtype:
-            current = torch.empty(shape, dtype=dtype, device=self.device)
-            self._buffers[name] = current
-            self.allocations += 1
-        return current
-
-
-class _Engine:
-    def __init__(self, trt: Any, runtime: Any, plan: Path, stream: torch.cuda.Stream) -> None:
-        self.trt = trt
-        self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"cannot deserialize {plan} (built by another TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
         self.stream = stream
-        self.pool = BufferPool(torch.device("cuda"))
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        self._last: Signature | None = None
-        self._repeats = 0
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self.capture_after = capture_after
+        self.max_signatures = max_signatures
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        is_input = [engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names]
+        self.inputs = [n for n, i in zip(names, is_input, strict=True) if i]
+        self.outputs = [n for n, i in zip(names, is_input, strict=True) if not i]
+        self.dtypes = {n: torch_dtype(engine.get_tensor_dtype(n)) for n in names}
+        self.slots: OrderedDict[Signature, _Slot] = OrderedDict()
 
-    def _dtype(self, name: str) -> torch.dtype:
-        np_dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
-        return torch.from_numpy(np.zeros(1, np_dtype)).dtype
+    def _check(self, name: str, shape: tuple[int, ...]) -> None:
+        lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+        fits = len(shape) == len(lo) and all(
+            a <= b <= c for a, b, c in zip(lo, shape, hi, strict=True)
+        )
+        if not fits:
+            raise ValueError(
+                f"{self.name}: input {name} has shape {shape}, outside the plan's profile "
+                f"{lo}..{hi}; rebuild with larger limits (streamseg build-engine --help)"
+            )
+
+    def _bind(self, slot: _Slot) -> None:
+        for name, buffer in slot.inputs.items():
+            if not self.context.set_input_shape(name, tuple(buffer.shape)):
+                raise RuntimeError(f"{self.name}: set_input_shape({name}) failed")
+            self.context.set_tensor_address(name, buffer.data_ptr())
+        for name, buffer in slot.outputs.items():
+            self.context.set_tensor_address(name, buffer.data_ptr())
+
+    def _launch(self) -> None:
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise RuntimeError(f"{self.name}: execute_async_v3 failed")
+
+    def _slot(self, feeds: dict[str, torch.Tensor]) -> _Slot:
+        sig = signature({n: feeds[n] for n in self.inputs})
+        slot = self.slots.get(sig)
+        if slot is not None:
+            self.slots.move_to_end(sig)
+            return slot
+        inputs = {}
+        for name in self.inputs:
+            shape = tuple(feeds[name].shape)
+            self._check(name, shape)
+            inputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+            if not self.context.set_input_shape(name, shape):
+                raise RuntimeError(f"{self.name}: set_input_shape({name}, {shape}) failed")
+        outputs = {
+            name: torch.empty(
+                tuple(self.context.get_tensor_shape(name)),
+                dtype=self.dtypes[name],
+                device=self.device,
+            )
+            for name in self.outputs
+        }
+        self.stream.adopt([*inputs.values(), *outputs.values()])
+        slot = self.slots[sig] = _Slot(inputs, outputs)
+        while len(self.slots) > self.max_signatures:
+            self.slots.popitem(last=False)
+        return slot
+
+    def _capture(self, slot: _Slot) -> None:
+        self._bind(slot)
+        self._launch()  # TensorRT wants one launch after shape changes before a capture
+        try:
+            slot.replay = self.stream.capture(self._launch)
+        except Exception as exc:  # e.g. a plan with data-dependent shapes
+            log.warning("%s: CUDA graph capture failed (%s); launching directly", self.name, exc)
+            self.capture_after = 0
 
     def __call__(self, **feeds: torch.Tensor) -> list[torch.Tensor]:
-        sig = signature(feeds)
-        if sig != self._last:
-            self._last, self._repeats, self._graph = sig, 0, None
-        self._repeats += 1
-        with torch.cuda.stream(self.stream):
-            for name in self.inputs:
-                value = feeds[name].to("cuda", self._dtype(name), non_blocking=True)
-                buffer = self.pool.get(name, value.shape, value.dtype)
-                buffer.copy_(value, non_blocking=True)
-                self.context.set_input_shape(name, tuple(buffer.shape))
-                self.context.set_tensor_address(name, buffer.data_ptr())
-            outputs = []
-            for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                buffer = self.pool.get(name, shape, self._dtype(name))
-                self.context.set_tensor_address(name, buffer.data_ptr())
-                outputs.append(buffer)
-            if self._graph is not None:
-                self._graph.replay()
-            elif self._repeats >= CAPTURE_AFTER:
-                self._graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self._graph, stream=self.stream):
-                    self.context.execute_async_v3(self.stream.cuda_stream)
-                self._graph.replay()
+        slot = self._slot(feeds)
+        self.stream.begin(list(feeds.values()))
+        with self.stream.use():
+            for name, buffer in slot.inputs.items():
+                buffer.copy_(feeds[name], non_blocking=True)
+            if slot.replay is not None:
+                slot.replay()
             else:
-                self.context.execute_async_v3(self.stream.cuda_stream)
-        self.stream.synchronize()
-        return [o.float().clone() for o in outputs]
+                self._bind(slot)
+                self._launch()
+                slot.runs += 1
+                if self.capture_after and slot.runs >= self.capture_after:
+                    self._capture(slot)
+            outs = [slot.outputs[n].to(torch.float32, copy=True) for n in self.outputs]
+        self.stream.end(outs)
+        return outs
+
+
+@contextlib.contextmanager
+def _explained(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise BackendUnavailableError(f"{what}: {exc}") from exc
 
 
 class TensorRTGraphs(ExportedGraphs):
-    def __init__(self, onnx_dir: Path) -> None:
+    """The export folder's graphs as TensorRT plans built for this GPU and TensorRT."""
+
+    def __init__(
+        self,
+        export_dir: Path,
+        plans_dir: Path | None = None,
+        capture_after: int = CAPTURE_AFTER,
+        max_signatures: int = MAX_SIGNATURES,
+        device: torch.device | None = None,
+    ) -> None:
         trt = require_tensorrt()
-        super().__init__(onnx_dir, torch.device("cuda"))
+        if device is None or device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        super().__init__(export_dir, device)
+        with torch.cuda.device(device):  # plans and contexts belong to this GPU
+            self._load(trt, export_dir, plans_dir, capture_after, max_signatures)
+
+    def _load(
+        self,
+        trt: Any,
+        export_dir: Path,
+        plans_dir: Path | None,
+        capture_after: int,
+        max_signatures: int,
+    ) -> None:
+        device = self.device
+        plans_dir = plans_dir or export_dir / "plans"
+        info = DeviceInfo.current(trt)
+        plans = PlanManifest.load(plans_dir, info)
+        self.limits = plans.limits
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        stream = torch.cuda.Stream()
-        plans = onnx_dir / "plans"
-        self._engines = {
-            name: _Engine(trt, runtime, next(plans.glob(f"{name}-*.plan")), stream)
-            for name in self.manifest["graphs"]
-        }
+        stream = CudaStream(device)
+        self._runners: dict[str, TrtRunner] = {}
+        for name, entry in self.manifest["graphs"].items():
+            planned = plans.graphs.get(name)
+            if planned is None or planned.onnx_sha256 != entry["sha256"]:
+                raise BackendUnavailableError(
+                    f"the plans in {plans_dir} were not built from this export ({name}); "
+                    f"run `streamseg build-engine {export_dir}`"
+                )
+            with _explained(f"cannot load the {name} plan"):
+                engine = runtime.deserialize_cuda_engine((plans_dir / planned.plan).read_bytes())
+            if engine is None:
+                raise BackendUnavailableError(
+                    f"TensorRT {info.tensorrt} could not deserialize {planned.plan}; rebuild it"
+                )
+            self._runners[name] = TrtRunner(
+                trt, engine, device, stream, name, capture_after, max_signatures
+            )
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        hr0, hr1, embed, pos = self._engines["image_encoder"](images=images)
+        hr0, hr1, embed, pos = self._runners["image_encoder"](images=images)
         return ImageFeatures(hr0, hr1, embed, pos[:1])
 
     def decode(
@@ -126,8 +301,8 @@ class TensorRTGraphs(ExportedGraphs):
         multimask: bool,
     ) -> DecoderOutput:
         feeds = self.decoder_feeds(pix_feat, high_res, point_coords, point_labels, mask_logits)
-        engine = self._engines[decoder_name(multimask, mask_logits is not None)]
-        low, iou, ptr, score = engine(**feeds)
+        runner = self._runners[decoder_name(multimask, mask_logits is not None)]
+        low, iou, ptr, score = runner(**feeds)
         return DecoderOutput(low, iou, ptr, score)
 
     def attend_memory(
@@ -139,17 +314,17 @@ class TensorRTGraphs(ExportedGraphs):
         num_obj_ptr_tokens: int,
     ) -> torch.Tensor:
         feeds = self.attention_feeds(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens)
-        (out,) = self._engines["memory_attention"](**feeds)
+        (out,) = self._runners["memory_attention"](**feeds)
         return out
 
     def encode_memory(
         self, pix_feat: torch.Tensor, mask_for_mem: torch.Tensor, object_score_logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, pos = self._engines["memory_encoder"](
+        feats, pos = self._runners["memory_encoder"](
             pix_feat=pix_feat, mask_for_mem=mask_for_mem, score_logits=object_score_logits
         )
         return feats, pos[:1]
 
     def pointer_time_embedding(self, rel_pos: torch.Tensor) -> torch.Tensor:
-        (pos,) = self._engines["pointer_pos"](rel_pos=rel_pos)
+        (pos,) = self._runners["pointer_pos"](rel_pos=rel_pos)
         return pos

@@ -1,46 +1,72 @@
 """Server -> client messages, schema version 1.
 
-A websocket frame message is binary: a 4-byte big-endian header length, a UTF-8
-JSON header, then the encoded masks back to back (each track's header says where
-its mask lies). The WebRTC data channel carries the same header as text JSON,
-with RLE masks inline when asked for.
+A websocket frame message is binary: a 4-byte big-endian header length, a UTF-8 JSON
+header, then the encoded masks back to back, each track's header giving the offset and
+length of its mask. The WebRTC data channel carries the same header as text JSON, masks
+inline. Control messages (hello, error, ack) are text JSON. Every message carries
+``"v"`` so a client can refuse a server it does not understand instead of misreading it.
+
+Decoders ignore fields they do not know, so v1 can gain optional fields without a bump;
+removing or changing the meaning of a field needs a new `SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
-from streamseg.protocol.masks import MaskCodecError, MaskEncoding, decode_mask, encode_mask
-from streamseg.protocol.masks import rle_encode as _rle
+from streamseg.protocol.masks import (
+    MaskCodecError,
+    MaskEncoding,
+    decode_mask,
+    encode_mask,
+    rle_decode,
+    rle_encode,
+)
+from streamseg.protocol.prompts import PromptLimits
 
 SCHEMA_VERSION = 1
-_LEN = struct.Struct(">I")
+HEADER_LENGTH = struct.Struct(">I")
+CaptureSource = Literal["stream", "receive"]
+_CAPTURE_SOURCES: tuple[CaptureSource, ...] = ("stream", "receive")
+_SERVER_TYPES = frozenset({"hello", "error", "ack", "frame"})
 
 
 class MessageError(ValueError):
-    pass
+    """A message that is malformed, of another schema version, or cannot be encoded."""
 
 
 @dataclass(frozen=True, slots=True)
 class TrackResultMeta:
+    """One track on one frame. ``score`` is the decoder's predicted IoU of the mask,
+    ``object_score`` the probability the object is in the frame at all."""
+
     track_id: int
-    score: float  # decoder's predicted IoU
-    object_score: float  # probability the object is visible
+    score: float
+    object_score: float
     present: bool
-    bbox: tuple[int, int, int, int] | None  # x0, y0, x1, y1 (exclusive)
+    bbox: tuple[int, int, int, int] | None
     area: int
 
 
 @dataclass(frozen=True, slots=True)
 class FrameTimes:
+    """Wall-clock seconds since the epoch along one frame's path, for latency accounting.
+
+    ``capture_ts_source`` says whether ``capture_ts`` came from the stream itself
+    (e.g. RTCP sender reports) or is the server's receive time.
+    """
+
     capture_ts: float
-    capture_ts_source: Literal["stream", "receive"]
+    capture_ts_source: CaptureSource
     recv_ts: float
     infer_start: float
     infer_end: float
@@ -49,6 +75,13 @@ class FrameTimes:
 
 @dataclass(frozen=True, slots=True)
 class FrameResultMessage:
+    """Everything a client learns about one processed frame except the mask pixels.
+
+    ``encoding`` is set exactly when masks travel with the message. ``dropped_frames``
+    counts frames the stream skipped so far to stay real-time; ``prompt_note`` explains
+    anything surprising about prompts on this frame (e.g. one applied late).
+    """
+
     stream_id: str
     seq: int
     width: int
@@ -58,16 +91,73 @@ class FrameResultMessage:
     dropped_frames: int = 0
     encoding: MaskEncoding | None = None
     stages_ms: dict[str, float] | None = None
+    prompt_note: str | None = None
 
 
-def _header(msg: FrameResultMessage) -> dict[str, Any]:
-    body = asdict(msg)
-    body["tracks"] = [asdict(t) for t in msg.tracks]
-    body["encoding"] = msg.encoding.value if msg.encoding else None
-    return {"v": SCHEMA_VERSION, "type": "frame", **body}
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def encode_masks(masks: Sequence[np.ndarray], encoding: MaskEncoding) -> list[bytes]:
+def _dumps(body: Mapping[str, Any]) -> str:
+    """Strict JSON (no NaN, which browsers' JSON.parse rejects), compact."""
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"message cannot be sent as JSON: {exc}") from None
+
+
+def _times_header(t: FrameTimes) -> dict[str, Any]:
+    return {
+        "capture_ts": float(t.capture_ts),
+        "capture_ts_source": t.capture_ts_source,
+        "recv_ts": float(t.recv_ts),
+        "infer_start": float(t.infer_start),
+        "infer_end": float(t.infer_end),
+        "sent_ts": None if t.sent_ts is None else float(t.sent_ts),
+    }
+
+
+def _track_header(t: TrackResultMeta) -> dict[str, Any]:
+    return {
+        "track_id": int(t.track_id),
+        "score": float(t.score),
+        "object_score": float(t.object_score),
+        "present": bool(t.present),
+        "bbox": None if t.bbox is None else [int(v) for v in t.bbox],
+        "area": int(t.area),
+    }
+
+
+def _header(msg: FrameResultMessage, encoding: MaskEncoding | None) -> dict[str, Any]:
+    return {
+        "v": SCHEMA_VERSION,
+        "type": "frame",
+        "stream_id": msg.stream_id,
+        "seq": int(msg.seq),
+        "width": int(msg.width),
+        "height": int(msg.height),
+        "times": _times_header(msg.times),
+        "tracks": [_track_header(t) for t in msg.tracks],
+        "dropped_frames": int(msg.dropped_frames),
+        "encoding": None if encoding is None else encoding.value,
+        "stages_ms": msg.stages_ms,
+        "prompt_note": msg.prompt_note,
+    }
+
+
+def _check_masks(msg: FrameResultMessage, masks: Sequence[np.ndarray]) -> None:
+    if len(masks) != len(msg.tracks):
+        raise MessageError(f"{len(msg.tracks)} tracks but {len(masks)} masks; one per track")
+    for i, m in enumerate(masks):
+        if getattr(m, "shape", None) != (msg.height, msg.width):
+            shape = getattr(m, "shape", type(m).__name__)
+            raise MessageError(f"mask {i} is {shape}, the frame is ({msg.height}, {msg.width})")
+
+
+def encode_masks(masks: Sequence[np.ndarray], encoding: MaskEncoding | str) -> list[bytes]:
+    """Masks encoded once, to be shared by every client that asked for ``encoding``."""
     return [encode_mask(m, encoding) for m in masks]
 
 
@@ -76,98 +166,319 @@ def encode_frame_message(
     masks: Sequence[np.ndarray] | None = None,
     encoded: Sequence[bytes] | None = None,
 ) -> bytes:
-    """`encoded`: masks already encoded with `msg.encoding` (shared by many clients)."""
-    header = _header(msg)
-    payload = bytearray()
-    if masks is not None or encoded is not None:
-        if msg.encoding is None:
-            raise MessageError("masks need an encoding")
-        blobs = list(encoded) if encoded is not None else encode_masks(masks or [], msg.encoding)
+    """The binary websocket message. Pass ``masks`` (encoded here with ``msg.encoding``)
+    or ``encoded`` (already encoded with it, e.g. by `encode_masks`), one per track, or
+    neither; masks need ``msg.encoding`` and ``msg.encoding`` needs masks."""
+    if masks is not None and encoded is not None:
+        raise MessageError("pass masks or encoded masks, not both")
+    with_masks = masks is not None or encoded is not None
+    if with_masks != (msg.encoding is not None):
+        raise MessageError("msg.encoding must be set exactly when masks are sent")
+    header = _header(msg, msg.encoding)
+    blobs: Sequence[bytes] = ()
+    if masks is not None and msg.encoding is not None:
+        _check_masks(msg, masks)
+        try:
+            blobs = encode_masks(masks, msg.encoding)
+        except MaskCodecError as exc:
+            raise MessageError(f"mask cannot be encoded: {exc}") from None
+    elif encoded is not None:
+        blobs = encoded
         if len(blobs) != len(msg.tracks):
-            raise MessageError("one mask per track is needed")
+            raise MessageError(f"{len(msg.tracks)} tracks but {len(blobs)} masks; one per track")
+    if with_masks:
+        offset = 0
         for track, blob in zip(header["tracks"], blobs, strict=True):
-            track["mask"] = {"offset": len(payload), "length": len(blob)}
-            payload += blob
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return _LEN.pack(len(head)) + head + bytes(payload)
-
-
-def decode_frame_message(data: bytes) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
-    if len(data) < _LEN.size:
-        raise MessageError("message shorter than its length prefix")
-    (size,) = _LEN.unpack_from(data)
-    if _LEN.size + size > len(data):
-        raise MessageError("header length exceeds the message")
-    try:
-        header = json.loads(data[_LEN.size : _LEN.size + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"header is not JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("v") != SCHEMA_VERSION:
-        raise MessageError(f"unsupported schema version; this client speaks v{SCHEMA_VERSION}")
-    payload = data[_LEN.size + size :]
-    try:
-        encoding = MaskEncoding(header["encoding"]) if header.get("encoding") else None
-        tracks, masks = [], []
-        for t in header["tracks"]:
-            bbox = tuple(t["bbox"]) if t["bbox"] is not None else None
-            tracks.append(
-                TrackResultMeta(
-                    t["track_id"], t["score"], t["object_score"], t["present"], bbox, t["area"]
-                )
-            )
-            if "mask" in t and encoding is not None:
-                off, length = t["mask"]["offset"], t["mask"]["length"]
-                if off < 0 or off + length > len(payload):
-                    raise MessageError("mask offset out of range")
-                masks.append(
-                    decode_mask(
-                        payload[off : off + length], encoding, header["height"], header["width"]
-                    )
-                )
-        msg = FrameResultMessage(
-            stream_id=header["stream_id"],
-            seq=header["seq"],
-            width=header["width"],
-            height=header["height"],
-            times=FrameTimes(**header["times"]),
-            tracks=tuple(tracks),
-            dropped_frames=header.get("dropped_frames", 0),
-            encoding=encoding,
-            stages_ms=header.get("stages_ms"),
-        )
-    except (KeyError, TypeError, ValueError, MaskCodecError) as exc:
-        if isinstance(exc, MessageError):
-            raise
-        raise MessageError(f"malformed frame header: {exc}") from None
-    return msg, (masks if masks else None)
+            track["mask"] = {"offset": offset, "length": len(blob)}
+            offset += len(blob)
+    head = _dumps(header).encode()
+    return b"".join((HEADER_LENGTH.pack(len(head)), head, *blobs))
 
 
 def frame_message_json(
     msg: FrameResultMessage,
     masks: Sequence[np.ndarray] | None = None,
-    extra: dict[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    encoding: MaskEncoding | str = MaskEncoding.RLE,
 ) -> str:
-    """Text form for the data channel; masks (if given) inline as COCO RLE; `extra`
-    adds transport fields (e.g. the overlay frame's `video_pts`)."""
-    header = {**_header(msg), **(extra or {})}
+    """The text form for the WebRTC data channel. With ``masks`` each track carries its
+    mask inline: ``"rle": {"size", "counts"}`` for RLE, else ``"mask_b64"`` (base64 of
+    the bytes); ``"encoding"`` names which, and is null without masks. ``extra`` adds
+    transport fields (e.g. the overlay frame's ``video_pts``); it may not shadow one."""
+    try:
+        enc = MaskEncoding(encoding)
+    except ValueError:
+        raise MessageError(f"unknown mask encoding {encoding!r}") from None
+    header = _header(msg, enc if masks is not None else None)
     if masks is not None:
-        for track, mask in zip(header["tracks"], masks, strict=True):
-            track["rle"] = _rle(mask)
-    return json.dumps(header, separators=(",", ":"))
+        _check_masks(msg, masks)
+        try:
+            for track, mask in zip(header["tracks"], masks, strict=True):
+                if enc is MaskEncoding.RLE:
+                    track["rle"] = rle_encode(mask)
+                else:
+                    track["mask_b64"] = base64.b64encode(encode_mask(mask, enc)).decode()
+        except MaskCodecError as exc:
+            raise MessageError(f"mask cannot be encoded: {exc}") from None
+    if extra:
+        clash = sorted(set(extra) & set(header))
+        if clash:
+            raise MessageError(f"extra fields {clash} would overwrite protocol fields")
+        header.update(extra)
+    return _dumps(header)
 
 
-def hello_message(**info: Any) -> str:
-    return json.dumps({"v": SCHEMA_VERSION, "type": "hello", **info})
+# ---- decoding (Python client, tests) ----------------------------------------------------
+
+
+def _field(body: Mapping[str, Any], key: str, where: str) -> Any:
+    try:
+        return body[key]
+    except KeyError:
+        raise MessageError(f"{where}{key} is missing") from None
+
+
+def _int(body: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
+    value = _field(body, key, where)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MessageError(f"{where}{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _float(body: Mapping[str, Any], key: str, where: str) -> float:
+    value = _field(body, key, where)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise MessageError(f"{where}{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise MessageError(f"{where} must be a JSON object, got {type(value).__name__}")
+    return cast(Mapping[str, Any], value)
+
+
+def _check_version(body: Mapping[str, Any]) -> None:
+    version = body.get("v")
+    if version != SCHEMA_VERSION:
+        raise MessageError(
+            f"message has schema version {version!r} but this streamseg speaks "
+            f"v{SCHEMA_VERSION}; use a client and server of matching versions"
+        )
+
+
+def _parse_times(value: Any) -> FrameTimes:
+    body = _object(value, "times")
+    source = _field(body, "capture_ts_source", "times.")
+    if source not in _CAPTURE_SOURCES:
+        raise MessageError(f"times.capture_ts_source must be 'stream' or 'receive', got {source!r}")
+    sent = body.get("sent_ts")
+    return FrameTimes(
+        capture_ts=_float(body, "capture_ts", "times."),
+        capture_ts_source=source,
+        recv_ts=_float(body, "recv_ts", "times."),
+        infer_start=_float(body, "infer_start", "times."),
+        infer_end=_float(body, "infer_end", "times."),
+        sent_ts=None if sent is None else _float(body, "sent_ts", "times."),
+    )
+
+
+def _parse_track(body: Mapping[str, Any], where: str) -> TrackResultMeta:
+    present = _field(body, "present", where)
+    if not isinstance(present, bool):
+        raise MessageError(f"{where}present must be true or false, got {present!r}")
+    raw_bbox = _field(body, "bbox", where)
+    bbox: tuple[int, int, int, int] | None = None
+    if raw_bbox is not None:
+        if not (
+            isinstance(raw_bbox, list)
+            and len(raw_bbox) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in raw_bbox)
+        ):
+            raise MessageError(f"{where}bbox must be null or [x0, y0, x1, y1] integers")
+        bbox = (raw_bbox[0], raw_bbox[1], raw_bbox[2], raw_bbox[3])
+    return TrackResultMeta(
+        track_id=_int(body, "track_id", where),
+        score=_float(body, "score", where),
+        object_score=_float(body, "object_score", where),
+        present=present,
+        bbox=bbox,
+        area=_int(body, "area", where),
+    )
+
+
+def _parse_stages(value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    body = _object(value, "stages_ms")
+    return {str(k): _float(body, k, "stages_ms.") for k in body}
+
+
+def _parse_header(
+    header: Any,
+) -> tuple[FrameResultMessage, list[Mapping[str, Any]]]:
+    """The message and each track's raw JSON object (which says where its mask is)."""
+    body = _object(header, "frame header")
+    _check_version(body)
+    if body.get("type") != "frame":
+        raise MessageError(f"expected a 'frame' message, got type {body.get('type')!r}")
+    stream_id = _field(body, "stream_id", "")
+    if not isinstance(stream_id, str):
+        raise MessageError(f"stream_id must be a string, got {stream_id!r}")
+    raw_tracks = _field(body, "tracks", "")
+    if not isinstance(raw_tracks, list):
+        raise MessageError("tracks must be a list")
+    track_bodies = [_object(t, f"tracks[{i}]") for i, t in enumerate(raw_tracks)]
+    raw_encoding = body.get("encoding")
+    try:
+        encoding = None if raw_encoding is None else MaskEncoding(raw_encoding)
+    except ValueError:
+        raise MessageError(f"unknown mask encoding {raw_encoding!r}") from None
+    note = body.get("prompt_note")
+    if note is not None and not isinstance(note, str):
+        raise MessageError(f"prompt_note must be a string or null, got {note!r}")
+    msg = FrameResultMessage(
+        stream_id=stream_id,
+        seq=_int(body, "seq", ""),
+        width=_int(body, "width", "", minimum=1),
+        height=_int(body, "height", "", minimum=1),
+        times=_parse_times(_field(body, "times", "")),
+        tracks=tuple(_parse_track(t, f"tracks[{i}].") for i, t in enumerate(track_bodies)),
+        dropped_frames=_int(body, "dropped_frames", "") if "dropped_frames" in body else 0,
+        encoding=encoding,
+        stages_ms=_parse_stages(body.get("stages_ms")),
+        prompt_note=note,
+    )
+    return msg, track_bodies
+
+
+def _mask_error(index: int, exc: MaskCodecError) -> MessageError:
+    return MessageError(f"tracks[{index}] mask is corrupt: {exc}")
+
+
+def decode_frame_message(
+    data: bytes | bytearray | memoryview,
+) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
+    """Parse a binary websocket frame message into the header and its masks (None when
+    the message carries none); anything malformed raises `MessageError`."""
+    view = memoryview(data).cast("B")
+    if len(view) < HEADER_LENGTH.size:
+        raise MessageError(f"message is {len(view)} bytes, shorter than its length prefix")
+    (size,) = HEADER_LENGTH.unpack_from(view)
+    end = HEADER_LENGTH.size + size
+    if end > len(view):
+        raise MessageError(f"header length {size} exceeds the {len(view)}-byte message")
+    try:
+        header = json.loads(bytes(view[HEADER_LENGTH.size : end]))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MessageError(f"frame header is not JSON: {exc}") from None
+    msg, tracks = _parse_header(header)
+    payload = view[end:]
+    if msg.encoding is None:
+        if any("mask" in t for t in tracks):
+            raise MessageError("tracks carry masks but the header names no encoding")
+        return msg, None
+    masks: list[np.ndarray] = []
+    for i, track in enumerate(tracks):
+        where = _object(_field(track, "mask", f"tracks[{i}]."), f"tracks[{i}].mask")
+        offset = _int(where, "offset", f"tracks[{i}].mask.")
+        length = _int(where, "length", f"tracks[{i}].mask.")
+        if offset + length > len(payload):
+            raise MessageError(
+                f"tracks[{i}] mask [{offset}, {offset + length}) lies outside the "
+                f"{len(payload)}-byte payload"
+            )
+        chunk = payload[offset : offset + length]
+        try:
+            masks.append(decode_mask(chunk, msg.encoding, msg.height, msg.width))
+        except MaskCodecError as exc:
+            raise _mask_error(i, exc) from None
+    return msg, masks
+
+
+def decode_frame_json(text: str | bytes) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
+    """Parse the data-channel text form (`frame_message_json`); transport extras such as
+    ``video_pts`` are ignored."""
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MessageError(f"frame message is not JSON: {exc}") from None
+    msg, tracks = _parse_header(header)
+    if msg.encoding is None:
+        return msg, None
+    masks: list[np.ndarray] = []
+    for i, track in enumerate(tracks):
+        try:
+            if msg.encoding is MaskEncoding.RLE:
+                mask = rle_decode(_object(_field(track, "rle", f"tracks[{i}]."), "rle"))
+            else:
+                raw = _field(track, "mask_b64", f"tracks[{i}].")
+                if not isinstance(raw, str):
+                    raise MessageError(f"tracks[{i}].mask_b64 must be a base64 string")
+                data = base64.b64decode(raw, validate=True)
+                mask = decode_mask(data, msg.encoding, msg.height, msg.width)
+        except (MaskCodecError, binascii.Error) as exc:
+            raise MessageError(f"tracks[{i}] mask is corrupt: {exc}") from None
+        if mask.shape != (msg.height, msg.width):
+            raise MessageError(f"tracks[{i}] mask is {mask.shape}, the frame is not")
+        masks.append(mask)
+    return msg, masks
+
+
+# ---- control messages -------------------------------------------------------------------
+
+
+def _control(kind: str, fields: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+    clash = sorted({"v", "type"} & set(extra))
+    if clash:
+        raise MessageError(f"fields {clash} are set by the protocol")
+    return _dumps({"v": SCHEMA_VERSION, "type": kind, **fields, **extra})
+
+
+def hello_message(
+    stream_id: str,
+    *,
+    encoding: MaskEncoding | str | None = None,
+    encodings: Sequence[MaskEncoding | str] = tuple(MaskEncoding),
+    limits: PromptLimits | None = None,
+    **extra: Any,
+) -> str:
+    """The first text message on a connection: which stream, which mask encoding is in
+    use and which are offered, and the prompt limits, so a client can stay inside them.
+    ``extra`` adds server facts (e.g. ``send_timeout_s``)."""
+    fields: dict[str, Any] = {
+        "stream_id": stream_id,
+        "encoding": None if encoding is None else MaskEncoding(encoding).value,
+        "encodings": [MaskEncoding(e).value for e in encodings],
+    }
+    if limits is not None:
+        fields["limits"] = asdict(limits)
+    return _control("hello", fields, extra)
 
 
 def error_message(code: str, message: str, request_id: str | None = None) -> str:
-    body: dict[str, Any] = {"v": SCHEMA_VERSION, "type": "error", "code": code, "message": message}
+    """A refusal; ``request_id`` (when the request had one) ties it to the request."""
+    fields: dict[str, Any] = {"code": code, "message": message}
     if request_id is not None:
-        body["request_id"] = request_id
-    return json.dumps(body)
+        fields["request_id"] = request_id
+    return _control("error", fields, {})
 
 
-def ack_message(request_id: str | None, result: dict[str, Any]) -> str:
-    return json.dumps(
-        {"v": SCHEMA_VERSION, "type": "ack", "request_id": request_id, "result": result}
-    )
+def ack_message(request_id: str | None, result: Mapping[str, Any] | None = None) -> str:
+    """Success for a client request, with what it did (e.g. the new track id)."""
+    return _control("ack", {"request_id": request_id, "result": result}, {})
+
+
+def parse_server_text(text: str | bytes) -> dict[str, Any]:
+    """A server text message as a dict, after checking it is JSON of this schema version
+    and a known type, so a client fails clearly against a newer server."""
+    try:
+        body = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MessageError(f"server message is not JSON: {exc}") from None
+    checked = dict(_object(body, "server message"))
+    _check_version(checked)
+    if checked.get("type") not in _SERVER_TYPES:
+        raise MessageError(f"unknown server message type {checked.get('type')!r}")
+    return checked

@@ -1,35 +1,60 @@
-"""Client -> server messages (data channel, websocket, REST), validated into types.
+"""Client -> server messages (websocket text, data channel, REST), validated into types.
 
-Every refusal is a `PromptError` with a machine-readable code and a message that
-names the field and what was expected. Bounds against the frame are checked by the
-tracker, on the exact frame the prompt names.
+Clients are untrusted: every refusal is a `PromptError` whose ``code`` a program can
+branch on and whose message names the field and what was expected, so a person reading
+it can fix the request. Unknown fields are refused rather than ignored, because a
+misspelt ``lables`` silently dropped would make a prompt mean something else.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from streamseg.protocol.masks import MaskEncoding
 
+ERROR_CODES = frozenset(
+    {"bad_json", "unknown_type", "bad_field", "too_many_points", "empty_prompt", "too_large"}
+)
+"""The codes `parse_client_message` raises; `check_prompt_in_frame` adds ``out_of_frame``."""
+
+_MAX_SEQ = 2**63 - 1
+_ENCODING_VALUES = frozenset(e.value for e in MaskEncoding)
+
 
 class PromptError(ValueError):
+    """A client message refused, with a machine-readable ``code``."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[PromptError], tuple[str, str]]:
+        return type(self), (self.code, str(self))
+
 
 @dataclass(frozen=True, slots=True)
 class PromptLimits:
+    """Bounds that keep one client from making the tracker do unbounded work."""
+
     max_points: int = 32
     max_track_id: int = 2**31 - 1
     max_message_bytes: int = 64 * 1024
+    max_request_id_chars: int = 128
 
 
 @dataclass(frozen=True, slots=True)
 class AddPrompt:
+    """Points and/or a box in pixel coordinates of frame ``frame_seq`` (None: the newest).
+
+    ``track_id`` None asks the server for a new track; ``clear_old_points`` False adds
+    the points to the track's earlier ones on that frame instead of replacing them.
+    """
+
     track_id: int | None
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
@@ -41,165 +66,274 @@ class AddPrompt:
 
 @dataclass(frozen=True, slots=True)
 class RemoveTrack:
+    """Stop tracking one object."""
+
     track_id: int
     request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ResetTracks:
+    """Forget every track of the stream."""
+
     request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SetOptions:
+    """Per-connection output options; None leaves an option as it is."""
+
     encoding: MaskEncoding | None = None
     include_masks: bool | None = None
     request_id: str | None = None
 
 
-ClientMessage = AddPrompt | RemoveTrack | ResetTracks | SetOptions
-_FIELDS = {
-    "prompt": {
-        "type",
-        "track_id",
-        "points",
-        "labels",
-        "box",
-        "frame_seq",
-        "clear_old_points",
-        "request_id",
-    },
-    "remove": {"type", "track_id", "request_id"},
-    "reset": {"type", "request_id"},
-    "options": {"type", "encoding", "include_masks", "request_id"},
+ClientMessage: TypeAlias = AddPrompt | RemoveTrack | ResetTracks | SetOptions
+
+_FIELDS: dict[str, frozenset[str]] = {
+    "prompt": frozenset(
+        {
+            "type",
+            "track_id",
+            "points",
+            "labels",
+            "box",
+            "frame_seq",
+            "clear_old_points",
+            "request_id",
+        }
+    ),
+    "remove": frozenset({"type", "track_id", "request_id"}),
+    "reset": frozenset({"type", "request_id"}),
+    "options": frozenset({"type", "encoding", "include_masks", "request_id"}),
 }
+_TYPES = ", ".join(repr(t) for t in _FIELDS)
+_ENCODINGS = ", ".join(repr(e.value) for e in MaskEncoding)
 
 
-def _int(body: dict[str, Any], name: str, *, low: int, high: int, optional: bool) -> int | None:
+def _bad(message: str) -> PromptError:
+    return PromptError("bad_field", message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(body: Mapping[str, Any], name: str, high: int) -> int | None:
     value = body.get(name)
     if value is None:
-        if optional:
-            return None
-        raise PromptError("bad_field", f"'{name}' is required (an integer)")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PromptError("bad_field", f"'{name}' must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise PromptError("bad_field", f"'{name}' must be in [{low}, {high}], got {value}")
+        return None
+    if not _is_int(value):
+        raise _bad(f"'{name}' must be an integer, got {value!r}")
+    if not 0 <= value <= high:
+        raise _bad(f"'{name}' must be in [0, {high}], got {value}")
+    return int(value)
+
+
+def _bool(body: Mapping[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad(f"'{name}' must be true or false, got {value!r}")
     return value
 
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PromptError("bad_field", f"{where} must be a finite number, got {value!r}")
+        raise _bad(f"'{where}' must be a finite number, got {value!r}")
     return float(value)
 
 
-def _points(body: dict[str, Any], limits: PromptLimits) -> tuple[tuple[float, float], ...]:
+def _list(value: Any, name: str, expected: str) -> Sequence[Any]:
+    if not isinstance(value, list | tuple):
+        raise _bad(f"'{name}' must be {expected}, got {value!r}")
+    return value
+
+
+def _points(body: Mapping[str, Any], limits: PromptLimits) -> tuple[tuple[float, float], ...]:
     raw = body.get("points")
     if raw is None:
         return ()
-    if not isinstance(raw, list):
-        raise PromptError("bad_field", "'points' must be a list of [x, y]")
-    if len(raw) > limits.max_points:
-        raise PromptError("too_many_points", f"at most {limits.max_points} points per prompt")
-    out = []
-    for i, p in enumerate(raw):
-        if not isinstance(p, list) or len(p) != 2:
-            raise PromptError("bad_field", f"points[{i}] must be [x, y], got {p!r}")
+    items = _list(raw, "points", "a list of [x, y] pixel coordinates")
+    if len(items) > limits.max_points:
+        raise PromptError(
+            "too_many_points",
+            f"'points' has {len(items)} points; at most {limits.max_points} per prompt",
+        )
+    out: list[tuple[float, float]] = []
+    for i, p in enumerate(items):
+        if not isinstance(p, list | tuple) or len(p) != 2:
+            raise _bad(f"'points[{i}]' must be [x, y], got {p!r}")
         out.append((_number(p[0], f"points[{i}][0]"), _number(p[1], f"points[{i}][1]")))
     return tuple(out)
 
 
-def _parse_prompt(body: dict[str, Any], limits: PromptLimits, request_id: str | None) -> AddPrompt:
+def _labels(body: Mapping[str, Any]) -> tuple[int, ...]:
+    raw = body.get("labels")
+    if raw is None:
+        return ()
+    items = _list(raw, "labels", "a list of 1 (positive) or 0 (negative), one per point")
+    for i, v in enumerate(items):
+        if not _is_int(v) or v not in (0, 1):
+            raise _bad(f"'labels[{i}]' must be 1 (positive) or 0 (negative), got {v!r}")
+    return tuple(int(v) for v in items)
+
+
+def _box(body: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    raw = body.get("box")
+    if raw is None:
+        return None
+    items = _list(raw, "box", "[x0, y0, x1, y1] pixel coordinates")
+    if len(items) != 4:
+        raise _bad(f"'box' must be [x0, y0, x1, y1], got {len(items)} numbers")
+    x0, y0, x1, y1 = (_number(v, f"box[{i}]") for i, v in enumerate(items))
+    if not (x0 < x1 and y0 < y1):
+        raise _bad(f"'box' must have x0 < x1 and y0 < y1, got {[x0, y0, x1, y1]}")
+    return x0, y0, x1, y1
+
+
+def _parse_prompt(
+    body: Mapping[str, Any], limits: PromptLimits, request_id: str | None
+) -> AddPrompt:
     points = _points(body, limits)
-    raw_labels = body.get("labels")
-    labels: tuple[int, ...] = ()
-    if raw_labels is not None:
-        if not isinstance(raw_labels, list) or any(
-            isinstance(v, bool) or v not in (0, 1) for v in raw_labels
-        ):
-            raise PromptError(
-                "bad_field", "'labels' must be a list of 1 (positive) or 0 (negative)"
-            )
-        labels = tuple(int(v) for v in raw_labels)
+    labels = _labels(body)
     if len(labels) != len(points):
-        raise PromptError("bad_field", f"{len(points)} points but {len(labels)} labels")
-    box = None
-    if body.get("box") is not None:
-        raw = body["box"]
-        if not isinstance(raw, list) or len(raw) != 4:
-            raise PromptError("bad_field", "'box' must be [x0, y0, x1, y1]")
-        x0, y0, x1, y1 = (_number(v, f"box[{i}]") for i, v in enumerate(raw))
-        if not (x0 < x1 and y0 < y1):
-            raise PromptError("bad_field", "'box' must have x0 < x1 and y0 < y1")
-        box = (x0, y0, x1, y1)
+        raise _bad(
+            f"'labels' has {len(labels)} entries but 'points' has {len(points)}; "
+            "give one label per point"
+        )
+    box = _box(body)
     if not points and box is None:
         raise PromptError("empty_prompt", "a prompt needs 'points' (with 'labels') or a 'box'")
-    clear = body.get("clear_old_points", True)
-    if not isinstance(clear, bool):
-        raise PromptError("bad_field", "'clear_old_points' must be true or false")
+    clear = _bool(body, "clear_old_points")
     return AddPrompt(
-        track_id=_int(body, "track_id", low=0, high=limits.max_track_id, optional=True),
+        track_id=_int(body, "track_id", limits.max_track_id),
         points=points,
         labels=labels,
         box=box,
-        frame_seq=_int(body, "frame_seq", low=0, high=2**63 - 1, optional=True),
-        clear_old_points=clear,
+        frame_seq=_int(body, "frame_seq", _MAX_SEQ),
+        clear_old_points=True if clear is None else clear,
         request_id=request_id,
     )
 
 
+def _parse_options(body: Mapping[str, Any], request_id: str | None) -> SetOptions:
+    raw = body.get("encoding")
+    encoding = None
+    if raw is not None:
+        if not isinstance(raw, str) or raw not in _ENCODING_VALUES:
+            raise _bad(f"'encoding' must be one of {_ENCODINGS}, got {raw!r}")
+        encoding = MaskEncoding(raw)
+    return SetOptions(encoding, _bool(body, "include_masks"), request_id)
+
+
+def _check_size(raw: str | bytes | bytearray, limits: PromptLimits) -> None:
+    size = len(raw)
+    # A str's UTF-8 form is at most 4 bytes a character: encode only when it could matter.
+    if isinstance(raw, str) and limits.max_message_bytes // 4 < size <= limits.max_message_bytes:
+        size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > limits.max_message_bytes:
+        raise PromptError(
+            "too_large",
+            f"message is {size} bytes; messages are limited to {limits.max_message_bytes}",
+        )
+
+
+def _unknown_fields(kind: str, body: Mapping[str, Any]) -> PromptError | None:
+    allowed = _FIELDS[kind]
+    unknown = sorted(str(k) for k in body if k not in allowed)
+    if not unknown:
+        return None
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hints.append(f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'")
+    return _bad(
+        f"unknown field {', '.join(hints)} in a {kind!r} message; "
+        f"allowed: {', '.join(sorted(allowed))}"
+    )
+
+
 def parse_client_message(
-    raw: str | bytes | dict[str, Any], limits: PromptLimits | None = None
+    raw: str | bytes | bytearray | Mapping[str, Any], limits: PromptLimits | None = None
 ) -> ClientMessage:
+    """Validate one client message into its typed form or raise `PromptError`.
+
+    Text and bytes are size-checked against ``limits.max_message_bytes`` before parsing;
+    an already-parsed mapping is trusted to have been bounded by its transport.
+    """
     limits = limits or PromptLimits()
-    if isinstance(raw, str | bytes):
-        if len(raw) > limits.max_message_bytes:
-            raise PromptError(
-                "too_large", f"messages are limited to {limits.max_message_bytes} bytes"
-            )
+    if isinstance(raw, str | bytes | bytearray):
+        _check_size(raw, limits)
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            body: Any = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise PromptError("bad_json", f"message is not valid JSON: {exc}") from None
     else:
         body = raw
-    if not isinstance(body, dict):
-        raise PromptError("bad_json", "message must be a JSON object")
+    if not isinstance(body, Mapping):
+        raise PromptError("bad_json", f"message must be a JSON object, got {type(body).__name__}")
     kind = body.get("type")
-    if kind not in _FIELDS:
-        raise PromptError("unknown_type", f"'type' must be one of {sorted(_FIELDS)}, got {kind!r}")
-    unknown = set(body) - _FIELDS[kind]
-    if unknown:
-        raise PromptError("bad_field", f"unknown field(s) {sorted(unknown)} for type {kind!r}")
+    if not isinstance(kind, str) or kind not in _FIELDS:
+        raise PromptError("unknown_type", f"'type' must be one of {_TYPES}, got {kind!r}")
+    unknown = _unknown_fields(kind, body)
+    if unknown is not None:
+        raise unknown
     request_id = body.get("request_id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise PromptError("bad_field", "'request_id' must be a string")
+    if request_id is not None:
+        if not isinstance(request_id, str):
+            raise _bad(f"'request_id' must be a string, got {request_id!r}")
+        if len(request_id) > limits.max_request_id_chars:
+            raise _bad(f"'request_id' is limited to {limits.max_request_id_chars} characters")
     if kind == "prompt":
         return _parse_prompt(body, limits, request_id)
     if kind == "remove":
-        track_id = _int(body, "track_id", low=0, high=limits.max_track_id, optional=False)
-        assert track_id is not None
+        track_id = _int(body, "track_id", limits.max_track_id)
+        if track_id is None:
+            raise _bad("'track_id' is required: the integer id of the track to remove")
         return RemoveTrack(track_id, request_id)
     if kind == "reset":
         return ResetTracks(request_id)
-    encoding = body.get("encoding")
-    if encoding is not None and encoding not in {e.value for e in MaskEncoding}:
-        raise PromptError(
-            "bad_field", f"'encoding' must be one of rle, bitpack, png; got {encoding!r}"
-        )
-    include = body.get("include_masks")
-    if include is not None and not isinstance(include, bool):
-        raise PromptError("bad_field", "'include_masks' must be true or false")
-    return SetOptions(MaskEncoding(encoding) if encoding else None, include, request_id)
+    return _parse_options(body, request_id)
 
 
-def peek_request_id(raw: str | bytes) -> str | None:
-    """The request id of a message that may fail validation, so its error can be
-    matched to the request."""
+def check_prompt_in_frame(prompt: AddPrompt, width: int, height: int) -> None:
+    """Raise `PromptError` ``out_of_frame`` when a point or box corner lies outside
+    [0, width] x [0, height]; the one bounds check, shared by every surface and the
+    tracker, so they cannot disagree on edge pixels."""
+    if width < 1 or height < 1:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+
+    def inside(x: float, y: float) -> bool:
+        return 0 <= x <= width and 0 <= y <= height
+
+    for i, (x, y) in enumerate(prompt.points):
+        if not inside(x, y):
+            raise PromptError(
+                "out_of_frame",
+                f"points[{i}] ({x:g}, {y:g}) lies outside the {width}x{height} frame "
+                f"(x in [0, {width}], y in [0, {height}])",
+            )
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        if not (inside(x0, y0) and inside(x1, y1)):
+            raise PromptError(
+                "out_of_frame",
+                f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] lies outside the {width}x{height} "
+                f"frame (x in [0, {width}], y in [0, {height}])",
+            )
+
+
+def peek_request_id(raw: str | bytes | bytearray, limits: PromptLimits | None = None) -> str | None:
+    """The request id of a message that may fail validation, so its error reply can be
+    matched to the request; None when there is none to be had."""
+    limits = limits or PromptLimits()
+    if len(raw) > limits.max_message_bytes:
+        return None
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError):
         return None
     rid = body.get("request_id") if isinstance(body, dict) else None
-    return rid if isinstance(rid, str) else None
+    if isinstance(rid, str) and len(rid) <= limits.max_request_id_chars:
+        return rid
+    return None

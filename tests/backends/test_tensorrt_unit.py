@@ -1,131 +1,440 @@
-"""What of the TensorRT path can be checked without a GPU."""
+"""What of the TensorRT path can be checked without a GPU: profiles, cache keys, the
+plan manifest, the errors, the build sequence and the runtime's buffer and capture
+policy against fakes. Real GPU tests are marked `gpu` and skip without CUDA."""
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from streamseg.backends.base import ModelGeometry
 from streamseg.backends.trt_build import (
+    BackendUnavailableError,
+    BankLimits,
+    DeviceInfo,
+    PlanEntry,
+    PlanManifest,
     Profile,
-    TensorRTUnavailableError,
     batch_profile,
+    build_engine,
+    graph_profiles,
     memory_attention_profile,
     plan_cache_key,
     require_tensorrt,
 )
 
-TINY = ModelGeometry(
+TINY_1024 = ModelGeometry(
     image_size=1024, hidden_dim=256, mem_dim=64, num_maskmem=7, max_obj_ptrs=16, feat_size=64
 )
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+DEVICE = DeviceInfo("10.13.0", "NVIDIA H100 80GB HBM3", (9, 0))
 
 
 def test_memory_attention_profile_covers_the_bank() -> None:
-    p = memory_attention_profile(TINY, max_cond_frames=4, max_objects=16)
-    lo, opt, hi = p.shapes["memory"]
-    assert lo == (4096, 1, 64)  # one prompted frame
-    assert opt == (7 * 4096, 1, 64)  # steady state: 1 prompted + 6 recent
-    assert hi == ((4 + 6) * 4096, 16, 64)  # every capped prompted frame + 6 recent
-    lo, opt, hi = p.shapes["pointers"]
-    assert (lo[0], opt[0], hi[0]) == (4, 16 * 4, (4 + 15) * 4)  # 256/64 = 4 tokens each
-    assert p.shapes["curr"][2] == (4096, 16, 256)
-    for shapes in p.shapes.values():
-        assert all(a <= b <= c for a, b, c in zip(*shapes, strict=True))
+    p = memory_attention_profile(TINY_1024, BankLimits(max_cond_frames=4, max_objects=16))
+    assert p.shapes["memory"] == (
+        (4096, 1, 64),  # the first tracked frame: one prompted frame
+        (7 * 4096, 1, 64),  # steady state: 1 prompted + 6 recent frames, one object
+        ((4 + 6) * 4096, 16, 64),  # every kept prompted frame + 6 recent, 16 objects
+    )
+    lo, opt, hi = p.shapes["pointers"]  # 256 / 64 = 4 tokens per pointer
+    assert (lo[0], opt[0], hi[0]) == (4, 16 * 4, (4 + 15) * 4)
+    assert p.shapes["curr"] == ((4096, 1, 256), (4096, 1, 256), (4096, 16, 256))
+    assert p.shapes["memory_pos"] == p.shapes["memory"]
+    small = memory_attention_profile(
+        TINY_1024, BankLimits(max_cond_frames=1, max_objects=4, steady_objects=2)
+    )
+    assert small.shapes["memory"] == ((4096, 1, 64), (7 * 4096, 2, 64), (7 * 4096, 4, 64))
+    assert small.shapes["pointers"][2] == (16 * 4, 4, 64)
 
 
-def test_batch_profile_for_decoders() -> None:
-    p = batch_profile({"pix_feat": (256, 64, 64), "coords": (1, 2), "labels": (1,)}, 8, points=2)
-    assert p.shapes["pix_feat"] == ((1, 256, 64, 64), (1, 256, 64, 64), (8, 256, 64, 64))
-    assert p.shapes["coords"] == ((1, 1, 2), (1, 2, 2), (8, 32, 2))
+def test_every_profile_is_ordered_and_matches_the_export() -> None:
+    from streamseg.backends.export import GRAPH_NAMES, _specs
+    from streamseg.backends.torch_graphs import TorchGraphs
+    from streamseg.model.build import build_sam2
+    from tests.conftest import TEST_CONFIG
+
+    graphs = TorchGraphs(build_sam2(TEST_CONFIG))
+    specs = {s.name: s for s in _specs(graphs)}
+    for geo in (TINY_1024, graphs.geometry):
+        profiles = graph_profiles(geo, BankLimits(steady_objects=3))
+        assert set(profiles) == set(GRAPH_NAMES)
+        for name, profile in profiles.items():
+            assert set(profile.shapes) == set(specs[name].inputs), name
+            for lo, opt, hi in profile.shapes.values():
+                assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)), name
+    decoder = graph_profiles(TINY_1024, BankLimits(steady_objects=3))["decoder_single_mask"]
+    assert decoder.shapes["coords"] == ((1, 1, 2), (3, 1, 2), (16, 64, 2))
+    assert decoder.shapes["mask"] == ((1, 1, 256, 256), (3, 1, 256, 256), (16, 1, 256, 256))
+    image = graph_profiles(TINY_1024, BankLimits(max_images=4))["image_encoder"]
+    assert image.shapes["images"] == ((1, 3, 1024, 1024), (1, 3, 1024, 1024), (4, 3, 1024, 1024))
+
+
+def test_batch_profile_and_limits() -> None:
+    p = batch_profile({"pix_feat": (256, 64, 64), "coords": (1, 2)}, 8, opt_batch=2, max_points=5)
+    assert p.shapes["pix_feat"] == ((1, 256, 64, 64), (2, 256, 64, 64), (8, 256, 64, 64))
+    assert p.shapes["coords"] == ((1, 1, 2), (2, 1, 2), (8, 5, 2))
+    assert p.admits({"coords": (8, 5, 2)}) and not p.admits({"coords": (9, 1, 2)})
+    assert not p.admits({"coords": (1, 2)})
+    with pytest.raises(ValueError):
+        BankLimits(max_objects=2, steady_objects=3)
+    with pytest.raises(ValueError):
+        BankLimits(max_cond_frames=0)
 
 
 def test_plan_cache_key_changes_with_every_ingredient() -> None:
-    prof = memory_attention_profile(TINY, 4, 16)
+    prof = memory_attention_profile(TINY_1024, BankLimits())
     base = ("a" * 64, "10.13.0", "NVIDIA H100", (9, 0), "fp16", prof)
-    keys = {plan_cache_key(*base)}
     variants = [
         ("b" * 64, *base[1:]),
         (base[0], "11.0.0", *base[2:]),
         (*base[:2], "NVIDIA L4", *base[3:]),
         (*base[:3], (8, 9), *base[4:]),
         (*base[:4], "fp32", prof),
-        (*base[:5], memory_attention_profile(TINY, 4, 8)),
+        (*base[:5], memory_attention_profile(TINY_1024, BankLimits(max_objects=8))),
+        (*base[:5], memory_attention_profile(TINY_1024, BankLimits(steady_objects=2))),
     ]
-    for v in variants:
-        keys.add(plan_cache_key(*v))  # type: ignore[arg-type]
-    assert len(keys) == 7
+    keys = {plan_cache_key(*base)} | {plan_cache_key(*v) for v in variants}
+    assert len(keys) == len(variants) + 1
     assert plan_cache_key(*base) == plan_cache_key(*base)
 
 
-def test_profile_json_round_trip() -> None:
+def test_profile_and_plan_manifest_round_trip(tmp_path: Path) -> None:
     p = Profile({"x": ((1, 2), (3, 4), (5, 6))})
     assert p.as_json() == {"x": [[1, 2], [3, 4], [5, 6]]}
+    assert Profile.from_json(json.loads(json.dumps(p.as_json()))) == p
+    entry = PlanEntry("p-123.plan", "123", "f" * 64, p)
+    manifest = PlanManifest(DEVICE, "fp16", BankLimits(max_objects=8), {"pointer_pos": entry})
+    path = manifest.save(tmp_path)
+    assert path.name == "trt10.13.0-nvidia-h100-80gb-hbm3-sm90.json"
+    assert PlanManifest.load(tmp_path, DEVICE) == manifest
+    other = DeviceInfo("10.13.0", "NVIDIA L4", (8, 9))
+    with pytest.raises(BackendUnavailableError, match="build-engine"):
+        PlanManifest.load(tmp_path, other)  # plans for another GPU are never picked up
+    data = manifest.to_json() | {"schema": 99}
+    with pytest.raises(ValueError, match="schema"):
+        PlanManifest.from_json(data)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
-def test_clear_error_without_tensorrt() -> None:
-    with pytest.raises(TensorRTUnavailableError, match="NVIDIA's index"):
-        require_tensorrt()
-
-
-def test_every_exported_graph_has_a_profile() -> None:
-    from streamseg.backends.export import DECODER_VARIANTS, decoder_name
-    from streamseg.backends.trt_build import graph_profiles
-
-    names = set(graph_profiles(TINY, 4, 16))
-    expected = {"image_encoder", "memory_attention", "memory_encoder", "pointer_pos"}
-    expected |= {decoder_name(m, k) for m, k in DECODER_VARIANTS}
-    assert names == expected
-
-
-def test_build_engine_command_explains_missing_tensorrt(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    if importlib.util.find_spec("tensorrt") is not None:
-        pytest.skip("TensorRT present")
-    from streamseg.cli import main
-
-    (tmp_path / "manifest.json").write_text(
-        '{"geometry": {"image_size": 128, "hidden_dim": 64, "mem_dim": 32, "num_maskmem": 7,'
-        ' "max_obj_ptrs": 16, "feat_size": 8}, "graphs": {"pointer_pos": {"file": "p.onnx"}}}'
-    )
-    (tmp_path / "p.onnx").write_bytes(b"x")
-    assert main(["build-engine", str(tmp_path)]) == 2
-    assert "TensorRT is not installed" in capsys.readouterr().err
-
-
-def test_buffer_pool_reuses_steady_shapes() -> None:
-    import torch
-
-    from streamseg.backends.tensorrt_graphs import BufferPool, signature
-
-    pool = BufferPool(torch.device("cpu"))
-    a = pool.get("x", (2, 3), torch.float32)
-    assert pool.get("x", (2, 3), torch.float32) is a and pool.allocations == 1
-    assert pool.get("x", (4, 3), torch.float32) is not a and pool.allocations == 2
-    assert pool.get("x", (4, 3), torch.float16).dtype == torch.float16
-    s1 = signature({"b": torch.zeros(1, 2), "a": torch.zeros(3)})
-    assert s1 == (("a", (3,)), ("b", (1, 2)))
-    assert s1 != signature({"b": torch.zeros(1, 3), "a": torch.zeros(3)})
-
-
-def test_tensorrt_backend_explains_itself_without_tensorrt(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    if importlib.util.find_spec("tensorrt") is not None:
-        pytest.skip("TensorRT present")
-    from streamseg.backends.select import make_graphs
-    from streamseg.model.build import build_sam2
-    from tests.conftest import TEST_CONFIG
-
-    with pytest.raises(TensorRTUnavailableError, match="not installed"):
-        make_graphs("tensorrt", build_sam2(TEST_CONFIG), "test", engines=tmp_path)
-    assert type(make_graphs("auto", build_sam2(TEST_CONFIG), "test")).__name__ == "TorchGraphs"
-
-
-def test_onnxruntime_tensorrt_provider_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from streamseg.backends.trt_build import ort_tensorrt_options
+def test_onnxruntime_tensorrt_provider_options(tmp_path: Path) -> None:
+    from streamseg.backends.onnx_graphs import gpu_providers, tensorrt_provider_options
 
     p = Profile({"b": ((1, 2), (3, 4), (5, 6)), "a": ((1,), (2,), (3,))})
-    options = ort_tensorrt_options(p, tmp_path, fp16=True)
+    options = tensorrt_provider_options(p, tmp_path, "memory_attention")
     assert options["trt_profile_min_shapes"] == "a:1,b:1x2"
     assert options["trt_profile_opt_shapes"] == "a:2,b:3x4"
     assert options["trt_profile_max_shapes"] == "a:3,b:5x6"
     assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path)
+    assert options["trt_timing_cache_enable"] and not options["trt_fp16_enable"]
+    chain = gpu_providers(tmp_path, {"memory_attention": p}, device_id=1)("memory_attention")
+    assert [c if isinstance(c, str) else c[0] for c in chain] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # fmt: skip
+    assert chain[0][1]["device_id"] == 1
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT present")
+def test_clear_error_without_tensorrt() -> None:
+    with pytest.raises(BackendUnavailableError, match=r"not installed.*NVIDIA's index"):
+        require_tensorrt()
+
+
+def test_clear_error_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
+        require_tensorrt()
+
+
+def test_backend_selection_without_tensorrt(tmp_path: Path) -> None:
+    if HAS_TENSORRT and torch.cuda.is_available():
+        pytest.skip("TensorRT and CUDA present")
+    from streamseg.backends.select import make_graphs
+    from streamseg.backends.torch_graphs import TorchGraphs
+    from streamseg.model.build import build_sam2
+    from tests.conftest import TEST_CONFIG
+
+    model = build_sam2(TEST_CONFIG)
+    with pytest.raises(BackendUnavailableError):
+        make_graphs("tensorrt", model, "test", engines=tmp_path)
+    assert not any(tmp_path.iterdir())  # failed before exporting anything
+    assert isinstance(make_graphs("auto", model, "test", engines=tmp_path), TorchGraphs)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_graphs("tflite", model, "test")
+
+
+# --- the build sequence against a fake tensorrt module -----------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+
+def _fake_trt(rec: _Recorder, parse_ok: bool = True) -> Any:
+    import onnx
+
+    trt = types.SimpleNamespace(__version__="10.13.0")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            rec.calls.append(("create_network", flags))
+            self.inputs: list[str] = []
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, i: int) -> Any:
+            return types.SimpleNamespace(name=self.inputs[i])
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network: Network, logger: Logger) -> None:
+            self.network = network
+
+        def parse_from_file(self, path: str) -> bool:
+            self.network.inputs = [i.name for i in onnx.load(path).graph.input]
+            return parse_ok
+
+        def get_error(self, i: int) -> str:
+            return "unsupported op"
+
+    class Cache:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def serialize(self) -> bytes:
+            return self.data + b"+timings"
+
+    class OptProfile:
+        def set_shape(self, name: str, lo: Any, opt: Any, hi: Any) -> None:
+            rec.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+
+    class Config:
+        cache: Cache | None = None
+
+        def set_memory_pool_limit(self, pool: int, size: int) -> None:
+            rec.calls.append(("workspace", size))
+
+        def create_timing_cache(self, data: bytes) -> Cache:
+            rec.calls.append(("create_timing_cache", data))
+            return Cache(data)
+
+        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
+            rec.calls.append(("set_timing_cache", ignore_mismatch))
+            self.cache = cache
+
+        def get_timing_cache(self) -> Cache:
+            assert self.cache is not None
+            return self.cache
+
+        def add_optimization_profile(self, profile: OptProfile) -> int:
+            rec.calls.append(("add_optimization_profile",))
+            return 0
+
+    class Builder:
+        def __init__(self, logger: Logger) -> None:
+            rec.calls.append(("Builder",))
+
+        def create_network(self, flags: int) -> Network:
+            return Network(flags)
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> OptProfile:
+            return OptProfile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            rec.calls.append(("build", tuple(network.inputs)))
+            return b"serialized-plan"
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    return trt
+
+
+def _tiny_onnx(path: Path, inputs: list[str]) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", [inputs[0]], ["out"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["k"]) for n in inputs],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["k"])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_build_engine_sequence(tmp_path: Path) -> None:
+    rec = _Recorder()
+    trt = _fake_trt(rec)
+    onnx_path = _tiny_onnx(tmp_path / "pointer_pos.onnx", ["rel_pos"])
+    profile = Profile({"rel_pos": ((1,), (16,), (19,))})
+    plans = tmp_path / "plans"
+    entry = build_engine(trt, onnx_path, profile, plans, DEVICE, "fp16", workspace_bytes=2**30)
+    assert (plans / entry.plan).read_bytes() == b"serialized-plan"
+    assert entry.key in entry.plan and len(entry.onnx_sha256) == 64
+    names = [c[0] for c in rec.calls]
+    assert ("create_network", 1) in rec.calls  # 1 << STRONGLY_TYPED: no weak typing
+    assert ("set_shape", "rel_pos", (1,), (16,), (19,)) in rec.calls
+    assert ("set_timing_cache", False) in rec.calls and ("workspace", 2**30) in rec.calls
+    assert names.index("add_optimization_profile") < names.index("build")
+    timing = plans / f"timing-{DEVICE.slug}.cache"
+    assert timing.read_bytes() == b"+timings"
+    rec.calls.clear()
+    again = build_engine(trt, onnx_path, profile, plans, DEVICE, "fp16")
+    assert again == entry and rec.calls == []  # cached: no builder at all
+    other = build_engine(trt, onnx_path, Profile({"rel_pos": ((1,), (8,), (19,))}), plans,
+                         DEVICE, "fp16")  # fmt: skip
+    assert other.plan != entry.plan
+    assert ("create_timing_cache", b"+timings") in rec.calls  # the persisted cache is reused
+    with pytest.raises(ValueError, match="no profile shapes"):
+        build_engine(trt, _tiny_onnx(tmp_path / "two.onnx", ["a", "b"]),
+                     Profile({"a": ((1,), (1,), (1,))}), plans, DEVICE, "fp16")  # fmt: skip
+    with pytest.raises(RuntimeError, match="unsupported op"):
+        build_engine(_fake_trt(_Recorder(), parse_ok=False), _tiny_onnx(tmp_path / "x.onnx",
+                     ["rel_pos"]), profile, plans, DEVICE, "fp32")  # fmt: skip
+
+
+def test_build_engine_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamseg.backends import trt_build
+
+    parser = argparse.ArgumentParser()
+    trt_build.add_build_engine_args(parser)
+    geometry = {"image_size": 128, "hidden_dim": 64, "mem_dim": 32, "num_maskmem": 7,
+                "max_obj_ptrs": 16, "feat_size": 8}  # fmt: skip
+    _tiny_onnx(tmp_path / "pointer_pos.onnx", ["rel_pos"])
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "schema": 1, "precision": "fp16", "geometry": geometry,
+        "graphs": {"pointer_pos": {"file": "pointer_pos.onnx", "precision": "fp32"}},
+    }))  # fmt: skip
+    if not HAS_TENSORRT:
+        assert trt_build.build_engine_main(parser.parse_args([str(tmp_path)])) == 2
+        assert "TensorRT is not installed" in capsys.readouterr().err
+    assert trt_build.build_engine_main(parser.parse_args([str(tmp_path / "nope")])) == 2
+    rec = _Recorder()
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: _fake_trt(rec))
+    monkeypatch.setattr(DeviceInfo, "current", classmethod(lambda cls, trt: DEVICE))
+    args = parser.parse_args([str(tmp_path), "--max-cond-frames", "2", "--max-objects", "4"])
+    assert trt_build.build_engine_main(args) == 0
+    assert "pointer_pos: " in capsys.readouterr().out
+    built = PlanManifest.load(tmp_path / "plans", DEVICE)
+    assert built.limits == BankLimits(max_cond_frames=2, max_objects=4)
+    assert built.graphs["pointer_pos"].profile.shapes["rel_pos"] == ((1,), (16,), (17,))
+    bad = parser.parse_args([str(tmp_path), "--steady-objects", "9", "--max-objects", "4"])
+    assert trt_build.build_engine_main(bad) == 2
+
+
+# --- the runtime's buffers and CUDA-graph policy against a fake engine ---------------------
+
+
+class _FakeContext:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.launches = 0
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes["x"]
+
+    def set_tensor_address(self, name: str, address: int) -> None:
+        self.addresses[name] = address
+
+    def execute_async_v3(self, stream: int) -> bool:
+        """y = x, through the bound addresses (like a real engine would)."""
+        n = 4 * int(torch.Size(self.shapes["x"]).numel())
+        ctypes.memmove(self.addresses["y"], self.addresses["x"], n)
+        self.launches += 1
+        return True
+
+
+class _FakeEngine:
+    num_io_tensors = 2
+
+    def __init__(self) -> None:
+        self.context = _FakeContext()
+
+    def create_execution_context(self) -> _FakeContext:
+        return self.context
+
+    def get_tensor_name(self, i: int) -> str:
+        return ["x", "y"][i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "in" if name == "x" else "out"
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return types.SimpleNamespace(name="FLOAT")
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
+        return [(1, 4), (2, 4), (8, 4)]
+
+
+def test_runner_keeps_buffers_and_captures_at_steady_state() -> None:
+    from streamseg.backends.tensorrt_graphs import HostStream, TrtRunner, torch_dtype
+
+    assert torch_dtype(types.SimpleNamespace(name="HALF")) == torch.float16
+    trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="in"))
+    engine, stream = _FakeEngine(), HostStream()
+    runner = TrtRunner(trt, engine, torch.device("cpu"), stream, "fake", capture_after=3,
+                       max_signatures=2)  # fmt: skip
+    assert runner.inputs == ["x"] and runner.outputs == ["y"]
+    pointers = set()
+    for step in range(6):
+        x = torch.full((2, 4), float(step))
+        (y,) = runner(x=x)
+        assert torch.equal(y, x)  # replays read the persistent buffers' new contents
+        slot = next(iter(runner.slots.values()))
+        pointers.add((slot.inputs["x"].data_ptr(), slot.outputs["y"].data_ptr()))
+    assert len(pointers) == 1  # nothing reallocated at steady state
+    assert stream.captures == 1 and slot.replay is not None
+    (y,) = runner(x=torch.ones(3, 4))  # a second signature gets its own buffers
+    (y,) = runner(x=torch.ones(5, 4))  # a third evicts the least recently used
+    assert [s[0][1][0] for s in runner.slots] == [3, 5]
+    with pytest.raises(ValueError, match="outside the plan's profile"):
+        runner(x=torch.ones(9, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_TENSORRT and torch.cuda.is_available()), reason="needs TensorRT+CUDA")
+def test_tensorrt_matches_torch_on_gpu(tmp_path: Path) -> None:  # pragma: no cover - GPU only
+    from streamseg.backends.select import make_graphs
+    from streamseg.backends.torch_graphs import TorchGraphs
+    from streamseg.model.build import build_sam2
+    from tests.conftest import TEST_CONFIG
+
+    model = build_sam2(TEST_CONFIG, device="cuda")
+    trt_graphs = make_graphs("tensorrt", model, "test", engines=tmp_path)
+    ref = TorchGraphs(model)
+    s = ref.geometry.image_size
+    images = torch.randn(2, 3, s, s, device="cuda")
+    with torch.inference_mode():
+        for _ in range(5):  # past the CUDA-graph capture
+            a, b = ref.encode_image(images), trt_graphs.encode_image(images)
+            scale = max(1.0, float(a.embed.abs().max()))
+            assert float((a.embed - b.embed).abs().max()) < 2e-2 * scale

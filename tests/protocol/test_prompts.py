@@ -1,68 +1,200 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from streamseg.protocol.masks import MaskEncoding
 from streamseg.protocol.prompts import (
+    ERROR_CODES,
     AddPrompt,
     PromptError,
     PromptLimits,
     RemoveTrack,
     ResetTracks,
     SetOptions,
+    check_prompt_in_frame,
     parse_client_message,
+    peek_request_id,
 )
 
+FIXTURES = Path(__file__).parent / "fixtures"
+VALID = json.loads((FIXTURES / "client_messages_valid.json").read_text())
+INVALID = json.loads((FIXTURES / "client_messages_invalid.json").read_text())
+KINDS = {c.__name__: c for c in (AddPrompt, RemoveTrack, ResetTracks, SetOptions)}
 
-def test_valid_messages() -> None:
-    msg = parse_client_message(
-        '{"type": "prompt", "track_id": 3, "points": [[1, 2.5]], "labels": [1],'
-        ' "frame_seq": 10, "request_id": "r1"}'
-    )
-    assert msg == AddPrompt(3, ((1.0, 2.5),), (1,), None, 10, True, "r1")
-    box = parse_client_message({"type": "prompt", "box": [0, 0, 5, 5]})
-    assert isinstance(box, AddPrompt) and box.track_id is None and box.box == (0, 0, 5, 5)
-    assert parse_client_message(b'{"type": "remove", "track_id": 1}') == RemoveTrack(1)
-    assert parse_client_message('{"type": "reset"}') == ResetTracks()
-    assert parse_client_message('{"type": "options", "encoding": "png"}') == SetOptions(
-        MaskEncoding.PNG
-    )
+
+def _case_id(case: dict[str, Any]) -> str:
+    return str(case["case"])
+
+
+@pytest.mark.parametrize("case", VALID, ids=_case_id)
+def test_valid_messages(case: dict[str, Any]) -> None:
+    for raw in (case["raw"], case["raw"].encode(), json.loads(case["raw"])):
+        msg = parse_client_message(raw)
+        assert type(msg) is KINDS[case["kind"]]
+        assert json.loads(json.dumps(dataclasses.asdict(msg))) == case["expect"]
+
+
+def test_parsed_types_are_exact() -> None:
+    msg = parse_client_message(VALID[0]["raw"])
+    assert msg == AddPrompt(3, ((1.0, 2.5), (10.0, 20.0)), (1, 0), None, 10, True, "r1")
+    assert isinstance(msg, AddPrompt)
+    assert all(type(v) is float for p in msg.points for v in p)
+    options = parse_client_message('{"type": "options", "encoding": "bitpack"}')
+    assert options == SetOptions(MaskEncoding.BITPACK)
+    assert isinstance(options, SetOptions) and options.encoding is MaskEncoding.BITPACK
+
+
+@pytest.mark.parametrize("case", INVALID, ids=_case_id)
+def test_invalid_messages(case: dict[str, Any]) -> None:
+    inputs: list[Any] = [case["raw"], case["raw"].encode()]
+    try:
+        body = json.loads(case["raw"])
+    except json.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        inputs.append(body)
+    for raw in inputs:
+        with pytest.raises(PromptError) as info:
+            parse_client_message(raw)
+        assert info.value.code == case["code"], (raw, str(info.value))
+        assert info.value.code in ERROR_CODES
+        assert str(info.value)
+
+
+def test_every_error_code_has_a_fixture() -> None:
+    assert {c["code"] for c in INVALID} | {"too_large"} == ERROR_CODES
 
 
 @pytest.mark.parametrize(
-    ("raw", "code"),
+    ("raw", "words"),
     [
-        ("{", "bad_json"),
-        ("[1]", "bad_json"),
-        ('{"type": "fly"}', "unknown_type"),
-        ({"type": "prompt"}, "empty_prompt"),
-        ({"type": "prompt", "points": [[1, 1]]}, "bad_field"),
-        ({"type": "prompt", "points": [[1, 1]], "labels": [True]}, "bad_field"),
-        ({"type": "prompt", "points": [[1, 1]], "labels": [2]}, "bad_field"),
-        ({"type": "prompt", "track_id": True, "box": [0, 0, 1, 1]}, "bad_field"),
-        ({"type": "prompt", "track_id": 1.5, "box": [0, 0, 1, 1]}, "bad_field"),
-        ({"type": "prompt", "box": [0, 0, 1, float("nan")]}, "bad_field"),
-        ({"type": "prompt", "box": [5, 0, 1, 1]}, "bad_field"),
-        ({"type": "prompt", "box": [0, 0, 1, 1], "colour": "red"}, "bad_field"),
-        ({"type": "prompt", "points": [[0, 0]] * 40, "labels": [1] * 40}, "too_many_points"),
-        ({"type": "remove"}, "bad_field"),
-        ({"type": "remove", "track_id": -1}, "bad_field"),
-        ({"type": "options", "encoding": "gif"}, "bad_field"),
-        ("x" * 70_000, "too_large"),
+        ({"type": "prompt", "points": [[1, 1]], "lables": [1]}, ["'lables'", "'labels'"]),
+        ({"type": "prompt", "box": [0, 0, 1, 1], "colour": 1}, ["'colour'", "allowed"]),
+        ({"type": "prompt", "track_id": True, "box": [0, 0, 1, 1]}, ["'track_id'", "integer"]),
+        ({"type": "prompt", "points": [[1, float("nan")]], "labels": [1]}, ["points[0][1]"]),
+        ({"type": "prompt", "box": [0, 0, float("inf"), 1]}, ["box[2]", "finite"]),
+        ({"type": "prompt", "points": [[1, 1]], "labels": [1, 0]}, ["'labels'", "'points'"]),
+        ({"type": "prompt", "points": [[1, 1]], "labels": [5]}, ["labels[0]", "1 (positive)"]),
+        ({"type": "remove"}, ["'track_id'", "required"]),
+        ({"type": "options", "encoding": "gif"}, ["'encoding'", "'rle'", "'png'"]),
+        ({"type": "zoom"}, ["'type'", "'prompt'", "'zoom'"]),
     ],
 )
-def test_errors(raw: Any, code: str) -> None:
+def test_messages_name_the_field_and_what_was_expected(raw: Any, words: list[str]) -> None:
     with pytest.raises(PromptError) as info:
-        parse_client_message(raw if not isinstance(raw, dict) else json.dumps(raw))
-    assert info.value.code == code
+        parse_client_message(raw)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_python_floats_nan_and_inf_from_a_dict() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(PromptError) as info:
+            parse_client_message({"type": "prompt", "points": [[bad, 1]], "labels": [1]})
+        assert info.value.code == "bad_field"
+
+
+def test_mappings_and_tuples_are_accepted_from_python_callers() -> None:
+    body = MappingProxyType({"type": "prompt", "points": ((1, 2),), "labels": (1,)})
+    assert parse_client_message(body) == AddPrompt(None, ((1.0, 2.0),), (1,))
+
+
+def test_huge_messages_are_refused_before_parsing() -> None:
+    limit = PromptLimits().max_message_bytes
+    padding = "x" * limit
+    text = json.dumps({"type": "reset", "request_id": padding})
+    for raw in (text, text.encode(), "{" * 70_000, b"\xff" * (limit + 1)):
+        with pytest.raises(PromptError) as info:
+            parse_client_message(raw)
+        assert info.value.code == "too_large"
+    # Characters are not bytes: 20,000 four-byte characters are 80 KB on the wire.
+    wide = '{"type": "reset", "request_id": "' + "\U0001f600" * 20_000 + '"}'
+    assert len(wide) < limit
+    with pytest.raises(PromptError) as info:
+        parse_client_message(wide)
+    assert info.value.code == "too_large"
+
+
+def test_deep_nesting_and_bad_utf8_are_bad_json() -> None:
+    for raw in ("[" * 50_000, b'{"type": "\xff"}'):
+        with pytest.raises(PromptError) as info:
+            parse_client_message(raw)
+        assert info.value.code == "bad_json"
 
 
 def test_limits_are_configurable() -> None:
-    with pytest.raises(PromptError):
-        parse_client_message(
-            {"type": "prompt", "points": [[0, 0]] * 3, "labels": [1] * 3},
-            PromptLimits(max_points=2),
-        )
+    three = {"type": "prompt", "points": [[0, 0]] * 3, "labels": [1] * 3}
+    assert isinstance(parse_client_message(three), AddPrompt)
+    with pytest.raises(PromptError) as info:
+        parse_client_message(three, PromptLimits(max_points=2))
+    assert info.value.code == "too_many_points"
+    with pytest.raises(PromptError) as info:
+        parse_client_message({"type": "remove", "track_id": 11}, PromptLimits(max_track_id=10))
+    assert info.value.code == "bad_field"
+    assert parse_client_message({"type": "remove", "track_id": 10}, PromptLimits(max_track_id=10))
+    with pytest.raises(PromptError) as info:
+        parse_client_message('{"type": "reset"}', PromptLimits(max_message_bytes=8))
+    assert info.value.code == "too_large"
+    with pytest.raises(PromptError) as info:
+        parse_client_message({"type": "reset", "request_id": "r" * 129})
+    assert info.value.code == "bad_field"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        AddPrompt(None, ((0.0, 0.0), (640.0, 480.0), (320.5, 0.0)), (1, 0, 1)),
+        AddPrompt(None, box=(0.0, 0.0, 640.0, 480.0)),
+        AddPrompt(1, ((10.0, 10.0),), (1,), (5.0, 5.0, 20.0, 20.0)),
+    ],
+)
+def test_prompts_inside_the_frame_pass(prompt: AddPrompt) -> None:
+    check_prompt_in_frame(prompt, 640, 480)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "words"),
+    [
+        (AddPrompt(None, ((640.5, 10.0),), (1,)), ["points[0]", "640x480"]),
+        (AddPrompt(None, ((1.0, 1.0), (10.0, -0.1)), (1, 1)), ["points[1]"]),
+        (AddPrompt(None, ((10.0, 481.0),), (1,)), ["points[0]"]),
+        (AddPrompt(None, box=(-1.0, 0.0, 10.0, 10.0)), ["box"]),
+        (AddPrompt(None, box=(0.0, 0.0, 10.0, 500.0)), ["box", "y in [0, 480]"]),
+        (AddPrompt(None, ((float("nan"), 1.0),), (1,)), ["points[0]"]),
+    ],
+)
+def test_prompts_outside_the_frame_fail(prompt: AddPrompt, words: list[str]) -> None:
+    with pytest.raises(PromptError) as info:
+        check_prompt_in_frame(prompt, 640, 480)
+    assert info.value.code == "out_of_frame"
+    for word in words:
+        assert word in str(info.value)
+    assert "outside" in str(info.value)
+
+
+def test_frame_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        check_prompt_in_frame(AddPrompt(None, box=(0, 0, 1, 1)), 0, 10)
+
+
+def test_prompt_error_pickles_with_its_code() -> None:
+    error = pickle.loads(pickle.dumps(PromptError("too_large", "big")))
+    assert isinstance(error, PromptError) and error.code == "too_large" and str(error) == "big"
+
+
+def test_peek_request_id() -> None:
+    assert peek_request_id('{"type": "fly", "request_id": "r9"}') == "r9"
+    assert peek_request_id(b'{"request_id": "r9"}') == "r9"
+    assert peek_request_id('{"request_id": 9}') is None
+    assert peek_request_id("[1]") is None
+    assert peek_request_id("{") is None
+    assert peek_request_id("[" * 50_000) is None
+    assert peek_request_id('{"request_id": "' + "r" * 200 + '"}') is None
+    assert peek_request_id(" " * 70_000 + '{"request_id": "r"}') is None
