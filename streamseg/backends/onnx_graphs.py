@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamseg.backends.base import DecoderOutput, ImageFeatures
-from streamseg.backends.export import decoder_name
 from streamseg.backends.exported import ExportedGraphs
 
 Providers = Sequence[str | tuple[str, dict[str, Any]]]
@@ -122,50 +120,6 @@ class OnnxGraphs(ExportedGraphs):
 
     def _run(self, name: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
         return self._sessions[name].run(inputs)
-
-    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        hr0, hr1, embed, pos = self._run("image_encoder", images=images)
-        return ImageFeatures(hr0, hr1, embed, pos[:1])
-
-    def decode(
-        self,
-        pix_feat: torch.Tensor,
-        high_res: tuple[torch.Tensor, torch.Tensor],
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
-        mask_logits: torch.Tensor | None,
-        multimask: bool,
-    ) -> DecoderOutput:
-        feeds = self.decoder_feeds(pix_feat, high_res, point_coords, point_labels, mask_logits)
-        low, iou, ptr, score = self._run(decoder_name(multimask, mask_logits is not None), **feeds)
-        return DecoderOutput(low, iou, ptr, score)
-
-    def attend_memory(
-        self,
-        curr: torch.Tensor,
-        curr_pos: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        num_obj_ptr_tokens: int,
-    ) -> torch.Tensor:
-        feeds = self.attention_feeds(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens)
-        (out,) = self._run("memory_attention", **feeds)
-        return out
-
-    def encode_memory(
-        self, pix_feat: torch.Tensor, mask_for_mem: torch.Tensor, object_score_logits: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, pos = self._run(
-            "memory_encoder",
-            pix_feat=pix_feat,
-            mask_for_mem=mask_for_mem,
-            score_logits=object_score_logits,
-        )
-        return feats, pos[:1]
-
-    def pointer_time_embedding(self, rel_pos: torch.Tensor) -> torch.Tensor:
-        (pos,) = self._run("pointer_pos", rel_pos=rel_pos)
-        return pos
 
 
 def tensorrt_provider_options(
