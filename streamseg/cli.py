@@ -74,37 +74,6 @@ def _fetch_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from streamseg.backends.export import export_graphs
-    from streamseg.backends.select import onnx_folder
-    from streamseg.model.build import load_model
-
-    loaded = load_model(args.model or "tiny", weights=args.weights or "official",
-                        image_size=args.image_size, device="cpu")  # fmt: skip
-    out = Path(args.out) if args.out else onnx_folder(loaded.module, loaded.variant)
-    manifest = export_graphs(loaded.module, out, loaded.variant)
-    print(f"exported {len(manifest['graphs'])} graphs to {out}")
-    return 0
-
-
-def _build_engine(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from streamseg.backends.trt_build import TensorRTUnavailableError, build_all
-
-    try:
-        plans = build_all(Path(args.onnx_dir), args.precision, args.max_cond_frames,
-                          args.max_objects)  # fmt: skip
-    except TensorRTUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for plan in plans:
-        print(plan)
-    return 0
-
-
 def _bench(args: argparse.Namespace) -> int:
     from streamseg.bench import run_bench
 
@@ -131,17 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    export = sub.add_parser("export", help="export the graphs to ONNX (FP32) with a manifest")
-    _add_model_args(export)
-    export.add_argument("--out", default=None, help="folder (default: engines/<model>-...)")
-    export.set_defaults(func=_export)
+    from streamseg.backends.export import add_export_args, export_main
+    from streamseg.backends.trt_build import add_build_engine_args, build_engine_main
 
-    build = sub.add_parser("build-engine", help="build TensorRT plans from an export (GPU)")
-    build.add_argument("onnx_dir", help="a folder written by `streamseg export`")
-    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    build.add_argument("--max-cond-frames", type=int, default=4)
-    build.add_argument("--max-objects", type=int, default=16)
-    build.set_defaults(func=_build_engine)
+    export = sub.add_parser("export", help="export the graphs to ONNX (FP32, FP16) with a manifest")
+    add_export_args(export)
+    export.set_defaults(func=export_main)
+
+    build = sub.add_parser("build-engine", help="build TensorRT plans from an export (GPU host)")
+    add_build_engine_args(build)
+    build.set_defaults(func=build_engine_main)
 
     fetch = sub.add_parser("fetch-weights", help="download and verify a checkpoint")
     fetch.add_argument("--model", default="tiny")

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 
-from streamseg.cli import _settings_from, build_parser
+from streamseg.cli import _settings_from, build_parser, main
 from streamseg.config import Settings
 
 
@@ -29,3 +33,24 @@ def test_bench_modes_exist() -> None:
     parser = build_parser()
     for mode in ("tracker", "server", "browser", "websocket"):
         assert parser.parse_args(["bench", mode]).mode == mode
+
+
+def test_export_then_build_engine_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`streamseg export` writes both precisions; `build-engine` on a host without
+    TensorRT exits 2 with a reason instead of a traceback."""
+    rc = main(["export", "--model", "test", "--weights", "random", "--image-size", "128",
+               "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    folders = {line.split(": ")[0]: Path(line.split(": ")[1])
+               for line in capsys.readouterr().out.splitlines()}  # fmt: skip
+    assert set(folders) == {"fp32", "fp16"}
+    for precision, folder in folders.items():
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["precision"] == precision and manifest["graphs"]
+    rc = main(["build-engine", str(folders["fp16"])])
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("tensorrt") is None:
+        assert rc == 2 and "TensorRT is not installed" in err
+    assert main(["build-engine", str(tmp_path / "nowhere")]) == 2

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,17 @@ def _constant_pos_embed(model: Any, image_size: int) -> Iterator[None]:
 
 
 def _trace(spec: _Spec) -> bytes:
+    """Trace one graph; sam2's shape asserts and the exporter's indexing note warn on
+    every export although the shapes they check are fixed by the manifest."""
     buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index", category=UserWarning)
+        _export_onnx(spec, buffer)
+    return buffer.getvalue()
+
+
+def _export_onnx(spec: _Spec, buffer: io.BytesIO) -> None:
     torch.onnx.export(
         spec.module.eval(),
         spec.args,
@@ -218,7 +229,6 @@ def _trace(spec: _Spec) -> bytes:
         opset_version=OPSET,
         dynamo=False,
     )
-    return buffer.getvalue()
 
 
 def fp32_scopes(model: Any) -> tuple[str, ...]:

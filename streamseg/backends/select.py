@@ -39,11 +39,6 @@ def export_folder(
     return (root or engines_dir()) / model_name / name
 
 
-def onnx_folder(model: Any, model_name: str, root: Path | None = None) -> Path:
-    """The FP32 export folder (earlier name of `export_folder`)."""
-    return export_folder(model, model_name, "fp32", root)
-
-
 def ensure_export(model: Any, model_name: str, precision: str, root: Path | None) -> Path:
     """Export once; a folder counts as done when its manifest (written last) exists."""
     from streamseg.backends.export import export_graphs

@@ -32,9 +32,6 @@ class BackendUnavailableError(RuntimeError):
     message says what to do about it."""
 
 
-TensorRTUnavailableError = BackendUnavailableError  # earlier name, kept for callers
-
-
 def require_tensorrt() -> Any:
     """Import tensorrt, or explain exactly what is missing and how to get it."""
     try:
@@ -343,14 +340,6 @@ def build_engine(
     _write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
     _write_atomic(plan, bytes(serialized))
     return entry
-
-
-def build_all(onnx_dir: Path, precision: str, max_cond_frames: int, max_objects: int) -> list[Path]:
-    """Earlier entry point (cli.py's `_build_engine` until it calls `build_engine_main`):
-    `precision` is ignored, the export's own precision is what gets built."""
-    limits = BankLimits(max_cond_frames=max_cond_frames, max_objects=max_objects)
-    plans_dir = onnx_dir / "plans"
-    return [plans_dir / e.plan for e in build_plans(onnx_dir, limits).graphs.values()]
 
 
 def build_plans(
