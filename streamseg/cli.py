@@ -1,4 +1,4 @@
-"""`streamseg` command line: serve, bench, fetch-weights."""
+"""`streamseg` command line: serve, export, build-engine, fetch-weights, bench."""
 
 from __future__ import annotations
 
@@ -74,12 +74,6 @@ def _fetch_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from streamseg.bench import run_bench
-
-    return run_bench(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamseg", description=__doc__)
     parser.add_argument("--log-level", default="info")
@@ -115,36 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--model", default="tiny")
     fetch.set_defaults(func=_fetch_weights)
 
-    bench = sub.add_parser("bench", help="benchmarks (see README)")
-    bench_sub = bench.add_subparsers(dest="mode", required=True)
-    tracker = bench_sub.add_parser("tracker", help="streaming tracker vs Meta's predictor")
-    _add_model_args(tracker)
-    tracker.add_argument("--frames", type=int, default=60)
-    tracker.add_argument("--objects", type=int, default=1)
-    tracker.add_argument("--frame-size", default="640x480")
-    tracker.add_argument("--json", default=None, help="also write results to this file")
-    tracker.set_defaults(func=_bench)
-    server = bench_sub.add_parser("server", help="server overhead and latency under overload")
-    _add_model_args(server)
-    server.add_argument("--seconds", type=float, default=15.0)
-    server.add_argument("--json", default=None)
-    server.set_defaults(func=_bench)
-    browser = bench_sub.add_parser("browser", help="round trip through headless Chromium")
-    _add_model_args(browser)
-    browser.add_argument("--seconds", type=float, default=10.0)
-    browser.add_argument("--json", default=None)
-    browser.set_defaults(func=_bench)
-    ws = bench_sub.add_parser("websocket", help="mask feed fan-out with a stalled client")
-    ws.add_argument("--seconds", type=float, default=5.0)
-    ws.add_argument("--encoding", default="rle", choices=["rle", "bitpack", "png"])
-    ws.add_argument("--json", default=None)
-    ws.set_defaults(func=_bench)
-    backend = bench_sub.add_parser("backend", help="torch vs ONNX Runtime, per graph and frame")
-    _add_model_args(backend)
-    backend.add_argument("--frames", type=int, default=12)
-    backend.add_argument("--repeat", type=int, default=5)
-    backend.add_argument("--json", default=None)
-    backend.set_defaults(func=_bench)
+    from streamseg.bench.cli import add_bench_parser
+
+    add_bench_parser(sub, _add_model_args)
     return parser
 
 
@@ -154,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for chatty in ("aioice", "aiortc"):  # per-candidate-pair INFO lines drown everything
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     result: int = args.func(args)
     return result
 

@@ -29,10 +29,13 @@ def test_defaults() -> None:
     assert s.resolved_device() in ("cpu", "cuda")
 
 
-def test_bench_modes_exist() -> None:
+def test_bench_is_the_matrix_unless_a_mode_is_named() -> None:
     parser = build_parser()
-    for mode in ("tracker", "server", "browser", "websocket"):
+    matrix = parser.parse_args(["bench", "--streams", "1,4", "--image-size", "512,1024"])
+    assert matrix.mode is None and matrix.streams == "1,4" and matrix.image_size == "512,1024"
+    for mode in ("tracker", "server", "browser", "websocket", "backend"):
         assert parser.parse_args(["bench", mode]).mode == mode
+    assert parser.parse_args(["bench", "tracker", "--image-size", "256"]).image_size == 256
 
 
 def test_export_then_build_engine_from_the_command_line(

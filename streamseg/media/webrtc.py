@@ -99,7 +99,7 @@ class OverlayTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         video = await loop.run_in_executor(self._peer.executor, self._peer.compose, out)
-        self._peer.metrics.stage_seconds.labels("overlay").observe(time.perf_counter() - start)
+        self._peer.metrics.observe_stage("overlay", time.perf_counter() - start)
         now = time.time()
         if self._t0 is None:
             self._t0 = now
@@ -154,7 +154,7 @@ class Peer:
             converted = await loop.run_in_executor(
                 self.executor, frame_from_av, frame, seq, recv_ts
             )
-            self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - start)
+            self.metrics.observe_stage("rgb_convert", time.perf_counter() - start)
             self.stream.submit_frame(converted)
             seq += 1
         await self.close()
@@ -169,7 +169,7 @@ class Peer:
         return av.VideoFrame.from_ndarray(image, format="rgb24")
 
     def sent(self, out: StreamResult, sent_ts: float, video_pts: int) -> None:
-        self.metrics.capture_to_sent.labels("webrtc").observe(sent_ts - out.frame.capture_ts)
+        self.metrics.observe_sent("webrtc", out.frame.capture_ts, sent_ts)
         channel = self.channel
         if not self.options.metadata or channel is None or channel.readyState != "open":
             return

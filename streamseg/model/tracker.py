@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,6 @@ class TrackerSettings:
     max_frame_side: int = 8192
     # CUDA only: run the graphs under autocast with this dtype ("bfloat16"/"float16").
     autocast_dtype: str | None = None
-    # Synchronise the device around each stage so stage timings are exact (benchmarks).
-    sync_timings: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tracks < 1 or self.max_cond_frames < 1 or self.history < 1:
@@ -72,6 +71,7 @@ class TrackResult:
 
 @dataclass(slots=True)
 class StageTimes:
+    preprocess: float = 0.0
     encoder: float = 0.0
     memory_attention: float = 0.0
     decoder: float = 0.0
@@ -80,6 +80,7 @@ class StageTimes:
 
     def as_dict(self) -> dict[str, float]:
         return {
+            "preprocess": self.preprocess,
             "encoder": self.encoder,
             "memory_attention": self.memory_attention,
             "decoder": self.decoder,
@@ -135,19 +136,36 @@ class _Track:
 
 
 class _StageClock:
-    def __init__(self, times: StageTimes, device: torch.device, sync: bool) -> None:
+    """Per-stage times of one step. On CUDA each stage is bracketed by CUDA events and
+    read once the step's results are on the host (no synchronisation between stages,
+    so timing does not change what it measures); on CPU it is wall time."""
+
+    def __init__(self, times: StageTimes, device: torch.device) -> None:
         self.times = times
-        self._sync = sync and device.type == "cuda"
+        self._events = device.type == "cuda"
+        self._pending: list[tuple[str, Any, Any]] = []
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if self._sync:
-            torch.cuda.synchronize()
+        if self._events:
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+            yield
+            end_event.record()
+            self._pending.append((name, start_event, end_event))
+            return
         start = time.perf_counter()
         yield
-        if self._sync:
-            torch.cuda.synchronize()
         setattr(self.times, name, getattr(self.times, name) + time.perf_counter() - start)
+
+    def resolve(self) -> StageTimes:
+        for name, start_event, end_event in self._pending:
+            end_event.synchronize()
+            seconds = start_event.elapsed_time(end_event) / 1000.0
+            setattr(self.times, name, getattr(self.times, name) + seconds)
+        self._pending.clear()
+        return self.times
 
 
 class StreamTracker:
@@ -203,20 +221,31 @@ class StreamTracker:
         """Encode one frame and track every track on it."""
         self.validate_frame(image, seq)
         times = StageTimes()
-        clock = _StageClock(times, self._device, self.settings.sync_timings)
+        clock = _StageClock(times, self._device)
         with self._inference():
+            with clock.stage("preprocess"):
+                tensor = self.preprocess(image)
             with clock.stage("encoder"):
-                features = self.graphs.encode_image(self.preprocess(image))
+                features = self.graphs.encode_image(tensor)
+            clock.resolve()
             return self._step_features(features, seq, image.shape[1], image.shape[0], times)
 
     def step_encoded(
-        self, features: ImageFeatures, seq: int, width: int, height: int, encoder_s: float = 0.0
+        self,
+        features: ImageFeatures,
+        seq: int,
+        width: int,
+        height: int,
+        encoder_s: float = 0.0,
+        preprocess_s: float = 0.0,
     ) -> FrameResult:
         """Track on features encoded elsewhere (the worker batches encoders across streams)."""
         if self._last_seq is not None and seq <= self._last_seq:
             raise InvalidFrameError(f"seq must increase: got {seq} after {self._last_seq}")
         with self._inference():
-            return self._step_features(features, seq, width, height, StageTimes(encoder=encoder_s))
+            return self._step_features(
+                features, seq, width, height, StageTimes(preprocess_s, encoder_s)
+            )
 
     def add_prompt(
         self,
@@ -252,7 +281,7 @@ class StreamTracker:
             caught_up = 0
             for later in self._history:
                 if later.frame_idx > record.frame_idx:
-                    clock = _StageClock(StageTimes(), self._device, False)
+                    clock = _StageClock(StageTimes(), self._device)
                     (entry,) = self._track_frame(later, [new_track], clock)
                     new_track.last = self._results(later, [(track_id, entry)])[0]
                     caught_up += 1
@@ -311,12 +340,13 @@ class StreamTracker:
         self._next_frame_idx += 1
         self._last_seq = seq
         tracks = [self._tracks[k] for k in sorted(self._tracks)]
-        clock = _StageClock(times, self._device, self.settings.sync_timings)
+        clock = _StageClock(times, self._device)
         outputs = self._track_frame(record, tracks, clock) if tracks else []
         with clock.stage("postprocess"):
             results = self._results(
                 record, [(t.track_id, e) for t, e in zip(tracks, outputs, strict=True)]
             )
+        clock.resolve()
         for track, result in zip(tracks, results, strict=True):
             track.last = result
             track.init_pending_at = None

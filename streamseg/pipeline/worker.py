@@ -182,7 +182,11 @@ class InferenceWorker:
         infer_start = time.time()
         try:
             with torch.inference_mode():
+                t0 = time.perf_counter()
                 images = torch.cat([s.tracker.preprocess(f.image) for s, f in taken])
+                if images.device.type == "cuda":
+                    torch.cuda.synchronize()
+                preprocess_s = (time.perf_counter() - t0) / len(taken)
                 t0 = time.perf_counter()
                 features = self.graphs.encode_image(images)
                 if features.embed.device.type == "cuda":
@@ -196,7 +200,12 @@ class InferenceWorker:
         for i, (stream, frame) in enumerate(taken):
             try:
                 result = stream.tracker.step_encoded(
-                    features.select(i), frame.seq, frame.width, frame.height, encoder_s
+                    features.select(i),
+                    frame.seq,
+                    frame.width,
+                    frame.height,
+                    encoder_s,
+                    preprocess_s,
                 )
             except Exception as exc:
                 stream.record_error(exc)

@@ -4,6 +4,8 @@ never collide; every drop anywhere in the pipeline is counted here."""
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -31,11 +33,46 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-TRACKER_STAGES = ("encoder", "memory_attention", "decoder", "memory_encoder", "postprocess")
+TRACKER_STAGES = (
+    "preprocess",
+    "encoder",
+    "memory_attention",
+    "decoder",
+    "memory_encoder",
+    "postprocess",
+)
+
+
+class StageSamples:
+    """Every stage time as `(wall time, seconds)`, for the benchmark: histograms keep
+    only buckets, percentiles need the samples. Off unless a benchmark attaches one.
+
+    Bound: `maxlen` samples per stage; policy: drop-oldest, counted in `dropped`."""
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        self.maxlen = maxlen
+        self.dropped = 0
+        self._by_stage: dict[str, deque[tuple[float, float]]] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        samples = self._by_stage.get(stage)
+        if samples is None:
+            samples = self._by_stage.setdefault(stage, deque(maxlen=self.maxlen))
+        if len(samples) == self.maxlen:
+            self.dropped += 1
+        samples.append((time.time(), seconds))
+
+    def take(self) -> dict[str, list[tuple[float, float]]]:
+        """Everything recorded since the last call (then forgotten)."""
+        taken = {}
+        for stage, samples in list(self._by_stage.items()):
+            taken[stage] = [samples.popleft() for _ in range(len(samples))]
+        return taken
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.samples: StageSamples | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.stage_seconds = Histogram(
@@ -89,15 +126,28 @@ class Metrics:
     def count_drop(self, stream_id: str, where: str = "input_slot") -> None:
         self.frames_dropped.labels(stream_id, where).inc()
 
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Safe from any thread."""
+        self.stage_seconds.labels(stage).observe(seconds)
+        if self.samples is not None:
+            self.samples.add(stage, seconds)
+
+    def observe_sent(self, sink: str, capture_ts: float, sent_ts: float) -> None:
+        self.capture_to_sent.labels(sink).observe(sent_ts - capture_ts)
+        if self.samples is not None:
+            self.samples.add(f"capture_to_sent:{sink}", sent_ts - capture_ts)
+
     def observe_step(self, out: StreamResult) -> None:
         """Called on the inference thread for every processed frame."""
         times = out.result.times.as_dict()
         for stage in TRACKER_STAGES:
-            self.stage_seconds.labels(stage).observe(times[stage])
-        self.stage_seconds.labels("slot_wait").observe(
-            max(0.0, out.infer_start - out.frame.recv_ts)
-        )
-        self.stage_seconds.labels("tracker").observe(out.infer_end - out.infer_start)
+            self.observe_stage(stage, times[stage])
+        self.observe_stage("slot_wait", max(0.0, out.infer_start - out.frame.recv_ts))
+        tracker = out.infer_end - out.infer_start
+        # While the worker runs the other streams' frames of the same batch.
+        own = sum(times[stage] for stage in TRACKER_STAGES)
+        self.observe_stage("batch_wait", max(0.0, tracker - own))
+        self.observe_stage("tracker", tracker)
         self.frames_processed.labels(out.stream_id).inc()
 
     def forget_stream(self, stream_id: str) -> None:

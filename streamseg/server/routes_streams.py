@@ -290,14 +290,16 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         read_timeout_s=o.read_timeout_s,
         backoff_max_s=o.backoff_max_s,
     )
-    decode = runtime.metrics.stage_seconds.labels("decode")
     camera: CameraStream
+
+    def decoded(seconds: float) -> None:
+        runtime.metrics.observe_stage("decode", seconds)
 
     def sink(frame: Frame) -> None:
         camera.on_frame_in()
         session.submit_frame(frame)
 
-    reader = SourceReader(body.url, sink, options, on_decode=decode.observe)
+    reader = SourceReader(body.url, sink, options, on_decode=decoded)
     camera = CameraStream(session, reader, body.name)
     session.add_sink(camera.on_result)
     _cameras(runtime)[session.id] = camera
@@ -539,7 +541,7 @@ async def _send_results(feed: _Feed) -> None:
     camera, websocket = feed.camera, feed.websocket
     loop = asyncio.get_running_loop()
     executor = feed.runtime.media_executor()
-    histogram = feed.runtime.metrics.capture_to_sent.labels("websocket")
+    metrics = feed.runtime.metrics
     while True:
         try:
             out = await feed.mailbox.take_async()
@@ -548,7 +550,9 @@ async def _send_results(feed: _Feed) -> None:
             return
 
         encoding = feed.encoding if feed.masks else None
+        start = time.perf_counter()
         data = await loop.run_in_executor(executor, _encode, camera, out, encoding)
+        encoded = time.perf_counter()
         try:
             await asyncio.wait_for(websocket.send_bytes(data), SEND_TIMEOUT_S)
         except TimeoutError:
@@ -556,7 +560,9 @@ async def _send_results(feed: _Feed) -> None:
             return
         except (WebSocketDisconnect, RuntimeError):
             return
-        histogram.observe(time.time() - out.frame.capture_ts)
+        metrics.observe_stage("mask_encode", encoded - start)
+        metrics.observe_stage("send", time.perf_counter() - encoded)
+        metrics.observe_sent("websocket", out.frame.capture_ts, time.time())
 
 
 def _options(feed: _Feed, msg: SetOptions) -> dict[str, Any]:

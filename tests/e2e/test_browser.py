@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamseg.bench_browser import camera_clip, launch
+from streamseg.bench.browser import camera_clip, launch
 from streamseg.media.overlay import track_colour
 from streamseg.media.synthetic import write_y4m
 from streamseg.protocol.masks import rle_decode

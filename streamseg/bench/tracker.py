@@ -8,7 +8,6 @@ time and state size side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -165,30 +164,3 @@ def print_tracker_table(report: dict[str, Any]) -> None:
         print(f"{r['name']:26} {r['ms_p50']:8.1f} {r['ms_p95']:8.1f} {r['fps']:7.2f}  {sizes}")
     ours, ref = report["results"]
     print(f"speed ratio (reference ms / ours ms, p50): {ref['ms_p50'] / ours['ms_p50']:.2f}")
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    if args.mode == "tracker":
-        report = run_tracker_bench(args)
-        print_tracker_table(report)
-    elif args.mode == "server":
-        from streamseg.bench_server import run_server_bench
-
-        report = run_server_bench(args)
-    elif args.mode == "browser":
-        from streamseg.bench_browser import run_browser_bench
-
-        report = run_browser_bench(args)
-    elif args.mode == "websocket":
-        from streamseg.bench_websocket import run_websocket_bench
-
-        report = run_websocket_bench(args)
-    elif args.mode == "backend":
-        from streamseg.bench_backend import run_backend_bench
-
-        report = run_backend_bench(args)
-    else:
-        raise SystemExit(f"unknown bench mode {args.mode}")
-    if getattr(args, "json", None):
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0

@@ -16,7 +16,7 @@ from streamseg.backends.base import SamGraphs
 from streamseg.backends.export import export_graphs
 from streamseg.backends.onnx_graphs import OnnxGraphs
 from streamseg.backends.torch_graphs import TorchGraphs
-from streamseg.bench_server import median_ms
+from streamseg.bench.server import median_ms
 from streamseg.media.synthetic import moving_scene, shape_boxes
 from streamseg.model.build import build_sam2
 from streamseg.model.registry import get_variant

@@ -1,0 +1,169 @@
+"""The benchmark report: reading and checking it, the terminal tables, `--compare`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from streamseg.bench.machine import describe
+from streamseg.bench.matrix import REPORT_SCHEMA
+from streamseg.bench.stats import STAGES, WITHIN_CAPTURE_TO_SENT, is_real
+
+STAGE_TITLES = {
+    "decode": "decode",
+    "slot_wait": "slot",
+    "batch_wait": "batch",
+    "preprocess": "preproc",
+    "encoder": "encoder",
+    "memory_attention": "mem.attn",
+    "decoder": "decoder",
+    "memory_encoder": "mem.enc",
+    "postprocess": "post",
+    "mask_encode": "mask enc",
+    "send": "send",
+}
+
+
+class BenchReportError(ValueError):
+    """A file that is not a streamseg benchmark report this version can read."""
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BenchReportError(f"{path}: {exc}") from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        raise BenchReportError(f"{path}: not a schema-{REPORT_SCHEMA} streamseg bench report")
+    if not isinstance(report.get("cells"), list):
+        raise BenchReportError(f"{path}: has no cells")
+    return report
+
+
+def problems(report: dict[str, Any]) -> Iterator[str]:
+    """Figures that are not real measurements: missing, non-positive or not finite,
+    or stages of one frame adding up to more than the frame's whole capture -> sent."""
+    for row in report["cells"]:
+        result, key = row["result"], row["key"]
+        if result is None:
+            continue
+        figures = [("fps", result["fps"]["median"]), ("rss", result["peak_rss_mb"])]
+        figures += [(f"latency {q}", result["capture_to_sent_ms"][q]) for q in ("p50", "p99")]
+        figures += [
+            (f"{s} {q}", v[q])
+            for s, v in result["stages_ms"].items()
+            for q in ("p50", "p95", "p99")
+        ]
+        for name, value in figures:
+            if not is_real(value):
+                yield f"{key}: {name} = {value!r} is not a positive finite measurement"
+        parts = sum(
+            result["stages_ms"][s]["mean"]
+            for s in WITHIN_CAPTURE_TO_SENT
+            if s in result["stages_ms"]
+        )
+        whole = result["capture_to_sent_ms"]["mean"]
+        if parts > whole * 1.001:
+            yield f"{key}: stages add up to {parts:.2f} ms, more than capture->sent {whole:.2f} ms"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def _cell_name(spec: dict[str, Any]) -> str:
+    return (
+        f"{spec['model']}@{spec['image_size']} {spec['backend']} "
+        f"{spec['frame_width']}x{spec['frame_height']} {spec['streams']}s×{spec['tracks']}t"
+    )
+
+
+def format_tables(report: dict[str, Any]) -> str:
+    lines = [f"machine: {describe(report['machine'])}"]
+    first = report["cells"][0]["spec"] if report["cells"] else None
+    if first:
+        lines.append(
+            f"weights: {first['weights']}; source: {first['source']} at "
+            f"{first['source_fps']} fps; {first['runs']} runs × {first['seconds']:g} s "
+            f"after ≥{first['warmup_s']:g} s warm-up (excluded)"
+        )
+    head = (
+        f"{'cell':34} {'fps (min–max)':>20} {'/stream':>8} {'lat p50':>8} {'p95':>7} "
+        f"{'p99':>7} {'drops':>6} {'RSS MB':>7} {'model ms':>9} {'Meta ms':>8} "
+        f"{'Meta fps':>9} {'fps ×':>6} {'model ×':>8}"
+    )
+    lines += ["", head, "-" * len(head)]
+    for row in report["cells"]:
+        name, result = _cell_name(row["spec"]), row["result"]
+        if result is None:
+            lines.append(f"{name:34} failed: {row['error']}")
+            continue
+        fps, lat = result["fps"], result["capture_to_sent_ms"]
+        ref, ratio = row["reference"] or {}, row["ratio"] or {}
+        ref_ms = _ms(ref["frame_ms"]["mean"]) if "frame_ms" in ref else "–"
+        ref_fps = f"{ref['fps']['median']:.2f}" if "fps" in ref else ("error" if ref else "–")
+        fps_x = f"{ratio['fps']:.2f}" if ratio.get("fps") else ("src" if ratio else "–")
+        model_x = f"{ratio['model_time']:.2f}" if ratio else "–"
+        bound = "*" if result["source_bound"] else " "
+        spread = f"{fps['median']:.2f}{bound}({fps['min']:.2f}–{fps['max']:.2f})"
+        lines.append(
+            f"{name:34} {spread:>20} {result['fps_per_stream']['median']:8.2f} "
+            f"{_ms(lat['p50']):>8} {_ms(lat['p95']):>7} {_ms(lat['p99']):>7} "
+            f"{result['drop_rate']:6.0%} {result['peak_rss_mb']:7.0f} "
+            f"{_ms(result['model_ms']):>9} {ref_ms:>8} {ref_fps:>9} {fps_x:>6} {model_x:>8}"
+        )
+    lines += [
+        "",
+        "* source-bound: the model kept up (drops < 2%), so fps is the source's rate (fps × src)",
+        "latency: capture -> sent (ms). model ms: encoder + memory attention + decoder + memory",
+        "encoder + postprocess per frame (mean; preprocessing excluded, as Meta's predictor does",
+        "it before tracking). Meta: SAM2VideoPredictor on preloaded frames,",
+        "same weights, sizes, prompts and threads. fps ×: streamseg fps / Meta fps;",
+        "model ×: Meta ms / model ms (>1: streamseg's model path is faster).",
+        "",
+        "per-frame stages, ms p50/p99:",
+    ]
+    stages = [
+        s
+        for s in STAGES
+        if any(r["result"] and s in r["result"]["stages_ms"] for r in report["cells"])
+    ]
+    lines.append(f"{'cell':34}" + "".join(f"{STAGE_TITLES[s]:>12}" for s in stages))
+    for row in report["cells"]:
+        if row["result"] is None:
+            continue
+        got = row["result"]["stages_ms"]
+        cells = [f"{_ms(got[s]['p50'])}/{_ms(got[s]['p99'])}" if s in got else "–" for s in stages]
+        lines.append(f"{_cell_name(row['spec']):34}" + "".join(f"{c:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def _change(old: float, new: float) -> str:
+    return f"{(new - old) / old:+.0%}" if old else "n/a"
+
+
+def format_comparison(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """fps and latency per cell present in both reports (matched by cell key)."""
+    before = {r["key"]: r for r in old["cells"] if r["result"]}
+    lines = [
+        f"compared with {old.get('created', '?')} ({describe(old['machine'])}):",
+        f"{'cell':34} {'fps old → new':>20} {'change':>7} {'lat p50 old → new':>20} {'change':>7}",
+    ]
+    matched = 0
+    for row in new["cells"]:
+        prior = before.get(row["key"])
+        if prior is None or row["result"] is None:
+            continue
+        matched += 1
+        f0, f1 = prior["result"]["fps"]["median"], row["result"]["fps"]["median"]
+        l0 = prior["result"]["capture_to_sent_ms"]["p50"]
+        l1 = row["result"]["capture_to_sent_ms"]["p50"]
+        lines.append(
+            f"{_cell_name(row['spec']):34} {f0:9.2f} → {f1:8.2f} {_change(f0, f1):>7} "
+            f"{_ms(l0):>9} → {_ms(l1):>8} {_change(l0, l1):>7}"
+        )
+    if not matched:
+        lines.append("no cell of this run is in the old report (cells match on every setting)")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""The smallest cell end to end: real server, real PyAV source, real websocket clients,
+Meta's predictor as reference; then the JSON, the table, the plot and --compare."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from streamseg.bench.report import load_report, problems
+from streamseg.bench.stats import STAGES, WITHIN_CAPTURE_TO_SENT
+from streamseg.cli import main
+
+SMALLEST = ["bench", "--model", "test", "--image-size", "128", "--frame-size", "160x120",
+            "--streams", "1", "--tracks", "1", "--seconds", "1.5", "--runs", "2",
+            "--warmup", "0.5", "--threads", "1"]  # fmt: skip
+PERCENTILES = {"p50", "p95", "p99", "mean", "n"}
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smallest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    rc = main([*SMALLEST, "--out", str(out)])
+    assert rc == 0
+    return out, (out / "bench.log").read_text()
+
+
+def test_json_schema_and_every_figure_is_a_measurement(smallest: tuple[Path, str]) -> None:
+    out, _ = smallest
+    report = load_report(out / "bench.json")
+    assert report["command"].startswith("streamseg bench --model test")
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["versions"]["torch"] and "gpu" in machine
+    (row,) = report["cells"]
+    assert row["error"] is None and row["spec"]["weights"] == "random"
+    result = row["result"]
+    assert set(result["stages_ms"]) == set(STAGES)
+    for name, figures in [*result["stages_ms"].items(), ("whole", result["capture_to_sent_ms"]),
+                          ("tracker", result["tracker_ms"])]:  # fmt: skip
+        assert set(figures) == PERCENTILES, name
+        assert all(_real(figures[q]) for q in PERCENTILES), (name, figures)
+        assert figures["p50"] <= figures["p95"] <= figures["p99"], (name, figures)
+    stages_mean = sum(result["stages_ms"][s]["mean"] for s in WITHIN_CAPTURE_TO_SENT)
+    assert stages_mean <= result["capture_to_sent_ms"]["mean"]
+    assert result["tracker_ms"]["mean"] <= result["capture_to_sent_ms"]["mean"]
+    fps = result["fps"]
+    assert fps["runs"] == 2 and 0 < fps["min"] <= fps["median"] <= fps["max"] < 1000
+    frames = result["frames"]
+    assert frames["frames_processed"] > 0
+    assert frames["frames_received"] >= frames["frames_processed"]
+    assert 0 <= result["drop_rate"] < 1 and result["measured_s"] >= 3.0
+    assert result["warmup_s"] >= 0.5 and _real(result["peak_rss_mb"])
+    assert result["stage_timing"] == "wall-clock" and result["gpu_peak_mb"] is None
+    assert "random" in result["model"]["description"]
+    times = [t for t, _ in result["latency_series"]]
+    assert times == sorted(times) and all(_real(ms) for _, ms in result["latency_series"])
+    reference = row["reference"]
+    assert _real(reference["fps"]["median"]) and reference["frames_measured"] >= 4
+    assert _real(row["ratio"]["model_time"])
+    assert list(problems(report)) == []
+
+
+def test_plot_and_table(smallest: tuple[Path, str]) -> None:
+    out, log = smallest
+    with Image.open(out / "bench.png") as image:
+        assert image.format == "PNG" and image.width > 600 and image.height > 400
+    assert "--- cell" in log and "--- reference" in log
+
+
+def test_compare_with_itself(smallest: tuple[Path, str], capsys: pytest.CaptureFixture[str],
+                             tmp_path: Path) -> None:  # fmt: skip
+    out, _ = smallest
+    report = json.loads((out / "bench.json").read_text())
+    report["cells"][0]["result"]["fps"]["median"] /= 2
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(report))
+    capsys.readouterr()
+    rc = main([*SMALLEST, "--runs", "1", "--no-reference", "--no-plot", "--compare", str(old),
+               "--out", str(tmp_path / "again")])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and "compared with" in text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("test@128") and "→" in ln]
+    assert "%" in line
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--frame-size", "640", "--out", str(tmp_path)]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert main(["bench", "--backend", "cuda-magic", "--out", str(tmp_path)]) == 2
+    (tmp_path / "old.json").write_text("{}")
+    assert main(["bench", "--compare", str(tmp_path / "old.json"), "--out", str(tmp_path)]) == 2
+    assert "not a schema-1" in capsys.readouterr().err
+
+
+def test_a_failing_cell_is_reported_and_the_command_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main([*SMALLEST, "--runs", "1", "--no-reference", "--no-plot",
+               "--source", str(tmp_path / "no-such.mp4"), "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 1
+    assert "failed: CellError: the server refused the source: 422" in capsys.readouterr().out
+    report = load_report(tmp_path / "bench.json")
+    assert report["cells"][0]["result"] is None and "422" in report["cells"][0]["error"]
