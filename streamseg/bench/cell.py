@@ -31,6 +31,7 @@ Progress = Callable[[float], None]  # seconds of planned work done so far
 MIN_RESULTS_PER_RUN = 3
 LATENCY_POINTS = 600
 GENERATED_CLIP_S = 4
+EGRESS_REPEAT = 60
 
 
 class CellError(RuntimeError):
@@ -282,6 +283,10 @@ def run_cell(spec: CellSpec, progress: Progress) -> dict[str, Any]:
             assert loaded is not None  # the server is ready
             model = {"description": loaded.description, "device": str(loaded.device)}
         summary = _summarise(spec, measured)
+    from streamseg.bench.server import webrtc_egress_s
+
+    egress = webrtc_egress_s(spec.frame_width, spec.frame_height, spec.tracks, EGRESS_REPEAT)
+    summary["webrtc_egress_ms"] = {k: percentiles_ms(v) for k, v in egress.items()}
     summary["peak_rss_mb"] = peak_rss_mb()
     summary["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     summary["stage_timing"] = "cuda-events" if cuda else "wall-clock"

@@ -51,11 +51,9 @@ def problems(report: dict[str, Any]) -> Iterator[str]:
             continue
         figures = [("fps", result["fps"]["median"]), ("rss", result["peak_rss_mb"])]
         figures += [(f"latency {q}", result["capture_to_sent_ms"][q]) for q in ("p50", "p99")]
-        figures += [
-            (f"{s} {q}", v[q])
-            for s, v in result["stages_ms"].items()
-            for q in ("p50", "p95", "p99")
-        ]
+        figures += [("model ms", result["model_ms"])]
+        stages = {**result["stages_ms"], **result.get("webrtc_egress_ms", {})}
+        figures += [(f"{s} {q}", v[q]) for s, v in stages.items() for q in ("p50", "p95", "p99")]
         for name, value in figures:
             if not is_real(value):
                 yield f"{key}: {name} = {value!r} is not a positive finite measurement"
@@ -130,14 +128,25 @@ def format_tables(report: dict[str, Any]) -> str:
         for s in STAGES
         if any(r["result"] and s in r["result"]["stages_ms"] for r in report["cells"])
     ]
-    lines.append(f"{'cell':34}" + "".join(f"{STAGE_TITLES[s]:>12}" for s in stages))
+    egress = ("overlay", "video_encode")
+    titles = [STAGE_TITLES[s] for s in stages] + ["| overlay†", "VP8†"]
+    lines.append(f"{'cell':34}" + "".join(f"{t:>12}" for t in titles))
     for row in report["cells"]:
         if row["result"] is None:
             continue
         got = row["result"]["stages_ms"]
-        cells = [f"{_ms(got[s]['p50'])}/{_ms(got[s]['p99'])}" if s in got else "–" for s in stages]
+        extra = row["result"].get("webrtc_egress_ms", {})
+        cells = [_p50_p99(got.get(s)) for s in stages] + [_p50_p99(extra.get(s)) for s in egress]
         lines.append(f"{_cell_name(row['spec']):34}" + "".join(f"{c:>12}" for c in cells))
+    lines.append(
+        "† WebRTC egress (browser path), measured per frame after the run at the cell's frame "
+        "size and track count: compositing the masks, VP8 encoding as aiortc does"
+    )
     return "\n".join(lines)
+
+
+def _p50_p99(figures: dict[str, float] | None) -> str:
+    return f"{_ms(figures['p50'])}/{_ms(figures['p99'])}" if figures else "–"
 
 
 def _change(old: float, new: float) -> str:

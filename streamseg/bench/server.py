@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -30,14 +31,52 @@ from streamseg.media.synthetic import scene_frame, shape_boxes
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}
 
 
-def median_ms(fn: Callable[[], Any], repeat: int) -> float:
+def sample_s(fn: Callable[[], Any], repeat: int) -> list[float]:
+    """Seconds per call over `repeat` calls, after one untimed warm-up call."""
     fn()
     samples = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
+    return samples
+
+
+def median_ms(fn: Callable[[], Any], repeat: int) -> float:
+    return statistics.median(sample_s(fn, repeat)) * 1000
+
+
+def webrtc_egress_s(width: int, height: int, tracks: int, repeat: int) -> dict[str, list[float]]:
+    """What the WebRTC overlay track adds per frame, model excluded: compositing
+    `tracks` masks onto the frame, and VP8-encoding it as aiortc's sender does."""
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from streamseg.bench.cell import prompt_boxes
+
+    images = [scene_frame(i, height, width) for i in range(30)]  # moving, as video is
+    masks = []
+    for k, (x0, y0, x1, y1) in enumerate(prompt_boxes(tracks, width, height)):
+        mask = np.zeros((height, width), bool)
+        mask[y0:y1, x0:x1] = True
+        masks.append((k + 1, mask))
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+    composed = [av.VideoFrame.from_ndarray(draw_overlay(i, masks), format="rgb24") for i in images]
+    counter = itertools.count()
+
+    def overlay() -> None:
+        draw_overlay(images[next(counter) % len(images)], masks)
+
+    def encode() -> None:
+        n = next(counter)
+        frame = composed[n % len(composed)]
+        frame.pts, frame.time_base = n * 3000, Fraction(1, 90_000)
+        encoder.encode(frame, force_keyframe=False)
+
+    return {
+        "overlay": sample_s(overlay, repeat),
+        "video_encode": sample_s(encode, repeat),
+    }
 
 
 def _overhead_row(w: int, h: int, repeat: int) -> dict[str, float]:

@@ -48,6 +48,9 @@ def test_json_schema_and_every_figure_is_a_measurement(smallest: tuple[Path, str
         assert set(figures) == PERCENTILES, name
         assert all(_real(figures[q]) for q in PERCENTILES), (name, figures)
         assert figures["p50"] <= figures["p95"] <= figures["p99"], (name, figures)
+    assert set(result["webrtc_egress_ms"]) == {"overlay", "video_encode"}
+    for figures in result["webrtc_egress_ms"].values():
+        assert all(_real(figures[q]) for q in PERCENTILES)
     stages_mean = sum(result["stages_ms"][s]["mean"] for s in WITHIN_CAPTURE_TO_SENT)
     assert stages_mean <= result["capture_to_sent_ms"]["mean"]
     assert result["tracker_ms"]["mean"] <= result["capture_to_sent_ms"]["mean"]
