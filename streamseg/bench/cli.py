@@ -40,7 +40,8 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--source",
         default=GENERATED,
-        help="'generated' (moving shapes, H.264) or a video file / URL every stream reads",
+        help="'generated' (moving shapes, H.264) or a video file / URL every stream reads "
+        "(its own frame size is used)",
     )
     r.add_argument("--source-fps", type=int, default=30, help="rate of the generated video")
     r.add_argument("--seconds", type=float, default=10.0, help="length of one measured run")
@@ -55,6 +56,18 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-plot", action="store_true")
 
 
+def probe_frame_size(source: str) -> tuple[int, int]:
+    """The size of a user's video (its first frame); --frame-size is for generated video."""
+    import av
+
+    try:
+        with av.open(source, timeout=10.0) as container:
+            frame = next(container.decode(video=0))
+    except (av.error.FFmpegError, OSError, StopIteration) as exc:
+        raise BenchSpecError(f"--source {source}: cannot read a video frame ({exc})") from None
+    return int(frame.width), int(frame.height)
+
+
 def _cells(args: argparse.Namespace) -> list[Any]:
     if args.runs < 1 or args.seconds <= 0 or args.warmup < 0 or not 1 <= args.source_fps <= 240:
         raise BenchSpecError("--runs >= 1, --seconds > 0, --warmup >= 0, --source-fps 1..240")
@@ -62,12 +75,15 @@ def _cells(args: argparse.Namespace) -> list[Any]:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise BenchSpecError(f"--backend: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+    frame_sizes = parse_frame_sizes(args.frame_size)
+    if args.source != GENERATED:
+        frame_sizes = [probe_frame_size(args.source)]
     return expand(
         models=parse_list(args.model, "model"),
         weights=parse_list(args.weights, "weights"),
         backends=backends,
         image_sizes=parse_ints(args.image_size, "image-size", 64, 2048),
-        frame_sizes=parse_frame_sizes(args.frame_size),
+        frame_sizes=frame_sizes,
         streams=parse_ints(args.streams, "streams", 1, 64),
         tracks=parse_ints(args.tracks, "tracks", 0, 64),
         source=args.source,

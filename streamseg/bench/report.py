@@ -114,7 +114,9 @@ def format_tables(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "* source-bound: the model kept up (drops < 2%), so fps is the source's rate (fps × src)",
+        "fps: results per second delivered to the websocket clients, all streams (median of",
+        "the runs, min–max). * source-bound: the model kept up (drops < 2%), so fps is the",
+        "source's rate (fps × src).",
         "latency: capture -> sent (ms). model ms: encoder + memory attention + decoder + memory",
         "encoder + postprocess per frame (mean; preprocessing excluded, as Meta's predictor does",
         "it before tracking). Meta: SAM2VideoPredictor on preloaded frames,",

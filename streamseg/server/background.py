@@ -17,6 +17,10 @@ from streamseg.server.app import create_app
 from streamseg.server.runtime import Runtime
 
 
+class ServerStartError(RuntimeError):
+    """The in-process server could not start (model, backend or port); says why."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,8 +50,11 @@ def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"
+    runtime: Runtime = app.state.runtime
     deadline = time.time() + 120
     while time.time() < deadline:
+        if not thread.is_alive():
+            raise ServerStartError(runtime.start_error or "the server stopped while starting")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 break
@@ -56,9 +63,9 @@ def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
         time.sleep(0.1)
     else:
         server.should_exit = True
-        raise RuntimeError("server did not become ready")
+        raise ServerStartError("the server did not become ready in 120 s")
     try:
-        yield url, app.state.runtime
+        yield url, runtime
     finally:
         server.should_exit = True
         thread.join(30)

@@ -45,9 +45,18 @@ class Runtime:
     cameras: dict[str, Any] = field(default_factory=dict)
     segmenter: ImageSegmenter | None = None
     embeddings: EmbeddingCache | None = None
+    start_error: str | None = None
 
     async def start(self) -> None:
-        """Load and warm up the model off the loop, then start the worker."""
+        """Load and warm up the model off the loop, then start the worker; a failure is
+        kept in `start_error` for whoever started the server in-process."""
+        try:
+            await self._start()
+        except Exception as exc:
+            self.start_error = f"{type(exc).__name__}: {exc}"
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         if s.ice_hosts:
             from streamseg.media.webrtc import restrict_ice_hosts

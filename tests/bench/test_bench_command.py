@@ -14,6 +14,7 @@ from PIL import Image
 from streamseg.bench.report import load_report, problems
 from streamseg.bench.stats import STAGES, WITHIN_CAPTURE_TO_SENT
 from streamseg.cli import main
+from streamseg.media.synthetic import write_h264
 
 SMALLEST = ["bench", "--model", "test", "--image-size", "128", "--frame-size", "160x120",
             "--streams", "1", "--tracks", "1", "--seconds", "1.5", "--runs", "2",
@@ -103,12 +104,32 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "not a schema-1" in capsys.readouterr().err
 
 
-def test_a_failing_cell_is_reported_and_the_command_fails(
+def test_a_failing_cell_is_reported_and_the_others_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """TensorRT cannot start here: that cell fails with the server's reason, the torch
+    cell is still measured, and the command exits 1."""
     rc = main([*SMALLEST, "--runs", "1", "--no-reference", "--no-plot",
-               "--source", str(tmp_path / "no-such.mp4"), "--out", str(tmp_path)])  # fmt: skip
+               "--backend", "torch,tensorrt", "--out", str(tmp_path)])  # fmt: skip
     assert rc == 1
-    assert "failed: CellError: the server refused the source: 422" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed: ServerStartError: BackendUnavailableError" in out
     report = load_report(tmp_path / "bench.json")
-    assert report["cells"][0]["result"] is None and "422" in report["cells"][0]["error"]
+    by_backend = {row["spec"]["backend"]: row for row in report["cells"]}
+    assert by_backend["tensorrt"]["result"] is None
+    assert "TensorRT" in by_backend["tensorrt"]["error"]
+    assert by_backend["torch"]["result"]["fps"]["median"] > 0
+
+
+def test_a_users_video_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip = tmp_path / "camera.mp4"
+    write_h264(str(clip), 96, 64, 45, fps=15)
+    rc = main([*SMALLEST, "--runs", "1", "--no-plot", "--source", str(clip),
+               "--out", str(tmp_path / "out")])  # fmt: skip
+    assert rc == 0
+    (row,) = load_report(tmp_path / "out" / "bench.json")["cells"]
+    assert (row["spec"]["frame_width"], row["spec"]["frame_height"]) == (96, 64)
+    assert row["spec"]["source"] == str(clip) and row["result"]["fps"]["median"] > 0
+    assert row["reference"]["frames_measured"] >= 4
+    assert main([*SMALLEST, "--source", str(tmp_path / "none.mp4")]) == 2
+    assert "cannot read a video frame" in capsys.readouterr().err
