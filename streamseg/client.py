@@ -47,9 +47,13 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from streamseg.protocol.messages import FrameResultMessage, decode_frame_message, parse_server_text
+from streamseg.protocol.messages import (
+    CLOSE_UNKNOWN_STREAM,
+    FrameResultMessage,
+    decode_frame_message,
+    parse_server_text,
+)
 
-CLOSE_UNKNOWN_STREAM = 4404
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 

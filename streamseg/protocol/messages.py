@@ -35,6 +35,9 @@ from streamseg.protocol.prompts import PromptLimits
 
 SCHEMA_VERSION = 1
 HEADER_LENGTH = struct.Struct(">I")
+# Websocket close codes of the mask feed (4000-4999 are the application's).
+CLOSE_UNKNOWN_STREAM = 4404  # no such stream, or it was deleted
+CLOSE_BAD_REQUEST = 4422  # bad query parameters
 CaptureSource = Literal["stream", "receive"]
 _CAPTURE_SOURCES: tuple[CaptureSource, ...] = ("stream", "receive")
 _SERVER_TYPES = frozenset({"hello", "error", "ack", "frame"})

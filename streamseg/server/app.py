@@ -84,8 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from streamseg.server import routes_segment, routes_streams, routes_webrtc
+    from streamseg.server import routes_masks, routes_segment, routes_streams, routes_webrtc
 
     app.include_router(routes_webrtc.router)
     app.include_router(routes_segment.router)
     app.include_router(routes_streams.router)
+    app.include_router(routes_masks.router)

@@ -41,7 +41,7 @@ class Runtime:
     streams: dict[str, StreamSession] = field(default_factory=dict)
     closers: dict[str, Closer] = field(default_factory=dict)
     _media_executor: ThreadPoolExecutor | None = None
-    # id -> routes_streams.CameraStream (typed loosely to keep this module import-free)
+    # id -> cameras.CameraStream (typed loosely to keep this module import-free)
     cameras: dict[str, Any] = field(default_factory=dict)
     segmenter: ImageSegmenter | None = None
     embeddings: EmbeddingCache | None = None

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from streamseg.client import LatestResults, Result, StreamNotFoundError, StreamsegClient
 from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.server.background import free_port, running_server
-from streamseg.server.routes_streams import feed_count
+from streamseg.server.routes_masks import feed_count
 from streamseg.server.runtime import Runtime
 from tests.e2e.rtsp_server import RtspTestServer
 

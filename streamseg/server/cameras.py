@@ -1,0 +1,237 @@
+"""Camera streams: a source reader feeding a stream session, the registry of them on
+the runtime, their metrics, and how one is stopped. Shared by the REST routes and the
+websocket mask feed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, Request
+from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamseg.media.slot import LatestSlot
+from streamseg.media.sources import SourceReader, SourceState
+from streamseg.pipeline.commands import apply_to_tracker
+from streamseg.pipeline.stream import StreamResult, StreamSession
+from streamseg.pipeline.worker import WorkerStoppedError
+from streamseg.protocol.masks import MaskEncoding
+from streamseg.protocol.messages import (
+    encode_masks,
+)
+from streamseg.protocol.prompts import (
+    ClientMessage,
+    PromptError,
+    PromptLimits,
+    SetOptions,
+)
+from streamseg.server.metrics import Metrics
+from streamseg.server.runtime import Runtime
+
+log = logging.getLogger(__name__)
+JOIN_TIMEOUT_S = 1.0
+RATE_WINDOW_S = 5.0
+
+
+@dataclass(eq=False)
+class CameraStream:
+    """A source feeding a stream session, plus what GET /v1/streams/{id} reports."""
+
+    session: StreamSession
+    reader: SourceReader
+    name: str | None
+    created: float = field(default_factory=time.time)
+    latest: StreamResult | None = None
+    feeds: set[LatestSlot[StreamResult]] = field(default_factory=set)
+    websocket_drops: int = 0
+    out_times: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    in_times: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    _encoded: dict[tuple[int, MaskEncoding], list[bytes]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def encoded_masks(self, out: StreamResult, encoding: MaskEncoding) -> list[bytes]:
+        """Masks of the newest result encoded once per encoding, however many clients."""
+        key = (out.frame.seq, encoding)
+        with self._lock:
+            cached = self._encoded.get(key)
+        if cached is None:
+            cached = encode_masks([t.mask for t in out.result.tracks], encoding)
+            with self._lock:
+                if key[0] >= max((k[0] for k in self._encoded), default=-1):
+                    self._encoded = {k: v for k, v in self._encoded.items() if k[0] == key[0]}
+                    self._encoded[key] = cached
+        return cached
+
+    def on_result(self, out: StreamResult) -> None:
+        self.latest = out
+        with self._lock:
+            self.out_times.append(time.time())
+
+    def on_frame_in(self) -> None:
+        """Called on the reader thread."""
+        with self._lock:
+            self.in_times.append(time.time())
+
+    def _rates(self) -> tuple[float, float]:
+        now = time.time()
+        with self._lock:
+            fps_in = sum(1 for t in self.in_times if now - t < RATE_WINDOW_S)
+            fps_out = sum(1 for t in self.out_times if now - t < RATE_WINDOW_S)
+        span = max(min(RATE_WINDOW_S, now - self.created), 1e-3)  # a young stream
+        return fps_in / span, fps_out / span
+
+    def describe(self) -> dict[str, Any]:
+        c = self.session.counters
+        r = self.reader
+        fps_in, fps_out = self._rates()
+        lag = r.last_capture_lag_s
+        return {
+            "id": self.session.id,
+            "name": self.name,
+            "url": r.public_url,
+            "kind": r.kind,
+            "state": r.state.value,
+            "options": asdict(r.options),
+            "fps_in": round(fps_in, 2),
+            "fps_out": round(fps_out, 2),
+            "frames_received": c.received,
+            "frames_processed": c.processed,
+            "frames_dropped": c.dropped,
+            "websocket_clients": len(self.feeds),
+            "websocket_drops": self.websocket_drops,
+            "reconnects": r.reconnects,
+            "tracks": self.session.tracker.track_ids,
+            "width": r.width,
+            "height": r.height,
+            "capture_clock": r.last_capture_source,
+            "capture_lag_ms": None if lag is None else round(lag * 1000, 1),
+            "last_frame_ts": r.last_frame_ts,
+            "last_error": r.last_error or c.last_error,
+            "created": self.created,
+        }
+
+
+# ---- metrics -------------------------------------------------------------------------
+
+
+class _SourceCollector(Collector):
+    """Source states and reconnects, read from the readers at scrape time (the reader
+    threads never touch Prometheus objects)."""
+
+    def __init__(self, cameras: dict[str, CameraStream]) -> None:
+        self._cameras = cameras
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "streamseg_source_state",
+            "1 for each camera stream's current source state, 0 for the others",
+            labels=["stream", "kind", "state"],
+        )
+        reconnects = CounterMetricFamily(
+            "streamseg_source_reconnects",
+            "Times a camera stream's source was lost and retried",
+            labels=["stream"],
+        )
+        clients = GaugeMetricFamily(
+            "streamseg_websocket_clients", "Open websocket mask feeds", labels=["stream"]
+        )
+        lag = GaugeMetricFamily(
+            "streamseg_source_capture_lag_seconds",
+            "Receive minus capture time of a stream's newest frame (0 on the receive clock)",
+            labels=["stream", "clock"],
+        )
+        for sid, camera in list(self._cameras.items()):
+            r = camera.reader
+            now = r.state
+            for s in SourceState:
+                state.add_metric([sid, r.kind, s.value], 1.0 if s is now else 0.0)
+            reconnects.add_metric([sid], r.reconnects)
+            clients.add_metric([sid], len(camera.feeds))
+            if r.last_capture_lag_s is not None and r.last_capture_source is not None:
+                lag.add_metric([sid, r.last_capture_source], r.last_capture_lag_s)
+        yield from (state, reconnects, clients, lag)
+
+
+@dataclass
+class _StreamMetrics:
+    feed_closed: Counter
+
+
+_metrics_by_registry: weakref.WeakKeyDictionary[Metrics, _StreamMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def stream_metrics(runtime: Runtime) -> _StreamMetrics:
+    """This module's metrics, registered on the runtime's registry on first use."""
+    found = _metrics_by_registry.get(runtime.metrics)
+    if found is None:
+        registry = runtime.metrics.registry
+        registry.register(_SourceCollector(cameras_of(runtime)))
+        found = _StreamMetrics(
+            Counter(
+                "streamseg_websocket_closed",
+                "Websocket mask feeds ended, by reason",
+                ["reason"],
+                registry=registry,
+            )
+        )
+        _metrics_by_registry[runtime.metrics] = found
+    return found
+
+
+# ---- REST ----------------------------------------------------------------------------
+
+
+def cameras_of(runtime: Runtime) -> dict[str, CameraStream]:
+    registry: dict[str, CameraStream] = runtime.cameras
+    return registry
+
+
+def get_camera(request: Request, stream_id: str) -> tuple[Runtime, CameraStream]:
+    runtime: Runtime = request.app.state.runtime
+    camera = cameras_of(runtime).get(stream_id)
+    if camera is None:
+        raise HTTPException(404, {"code": "unknown_stream", "message": f"no stream {stream_id!r}"})
+    return runtime, camera
+
+
+async def close_camera(runtime: Runtime, stream_id: str) -> None:
+    """Stop a camera: its reader, its session, and every websocket feed on it."""
+    camera = cameras_of(runtime).pop(stream_id, None)
+    if camera is None:
+        return
+    runtime.closers.pop(stream_id, None)
+    camera.reader.request_stop()
+    for feed in list(camera.feeds):
+        feed.close()
+    runtime.close_stream(stream_id)
+    if not await asyncio.to_thread(camera.reader.join, JOIN_TIMEOUT_S):
+        # Blocked in a PyAV read on a frozen server: it ends at its read timeout and
+        # can no longer deliver anything (the session is closed).
+        log.info("source %s ends at its read timeout", camera.reader.public_url)
+
+
+def prompt_limits(runtime: Runtime) -> PromptLimits:
+    return PromptLimits(max_points=runtime.settings.max_prompts_per_request)
+
+
+async def apply_message(
+    runtime: Runtime, session: StreamSession, msg: ClientMessage
+) -> dict[str, Any]:
+    if isinstance(msg, SetOptions):
+        raise PromptError("bad_field", "options are set on the websocket, not here")
+    if runtime.worker is None:
+        raise WorkerStoppedError("the server is shutting down")
+    result = await apply_to_tracker(runtime.worker, session, msg)
+    runtime.metrics.tracks_active.set(runtime.count_tracks())
+    return result

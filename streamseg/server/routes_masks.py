@@ -1,0 +1,276 @@
+"""The websocket mask feed of a camera stream, for robots: one binary message per
+processed frame, prompts in, latest-only per client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from streamseg.media.slot import LatestSlot, SlotClosed
+from streamseg.model.errors import TrackerError
+from streamseg.pipeline.stream import StreamResult
+from streamseg.pipeline.wire import result_message
+from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
+from streamseg.protocol.masks import MaskEncoding
+from streamseg.protocol.messages import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_UNKNOWN_STREAM,
+    ack_message,
+    encode_frame_message,
+    error_message,
+    hello_message,
+)
+from streamseg.protocol.prompts import (
+    PromptError,
+    SetOptions,
+    parse_client_message,
+    peek_request_id,
+)
+from streamseg.server.cameras import (
+    CameraStream,
+    apply_message,
+    cameras_of,
+    prompt_limits,
+    stream_metrics,
+)
+from streamseg.server.runtime import Runtime
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
+SEND_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 1.0
+
+
+class _Abortable(Protocol):
+    def abort(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def _find_transport(send: Any, depth: int = 0) -> _Abortable | None:
+    """The server's transport behind an ASGI `send` (uvicorn's protocol object, maybe
+    wrapped in middleware closures), or None when it cannot be found. Duck-typed:
+    uvloop's transports are not `asyncio.Transport` subclasses."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if callable(getattr(transport, "abort", None)):
+        return cast(_Abortable, transport)
+    if depth < 4:
+        for cell in getattr(send, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                inner = cell.cell_contents
+                if callable(inner):
+                    deeper = _find_transport(inner, depth + 1)
+                    if deeper is not None:
+                        return deeper
+    return None
+
+
+def _abort(websocket: WebSocket) -> bool:
+    """Drop the connection now. A peer that stopped reading keeps its socket and the
+    unsent buffer alive indefinitely after a polite close, and ASGI has no abort."""
+    transport = _find_transport(websocket._send)
+    if transport is None:
+        log.warning("cannot abort a stalled websocket: transport not found")
+        return False
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # ValueError: closed
+        # Linger 0: reset now; a plain close leaves the queued megabytes in the kernel,
+        # retransmitted to a peer that does not read, for minutes.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return True
+
+
+async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int) -> bool:
+    """Say why in an error message, then close; False when the peer did not take it."""
+    try:
+        await asyncio.wait_for(websocket.send_text(error_message(code, message)), SEND_TIMEOUT_S)
+        await asyncio.wait_for(websocket.close(close_code, message[:120]), CLOSE_TIMEOUT_S)
+    except Exception:
+        return False
+    return True
+
+
+@dataclass
+class _Feed:
+    """One websocket client of one camera."""
+
+    websocket: WebSocket
+    runtime: Runtime
+    camera: CameraStream
+    mailbox: LatestSlot[StreamResult]
+    encoding: MaskEncoding
+    masks: bool = True
+    ended: str = "client_closed"
+
+
+@router.websocket("/{stream_id}/masks")
+async def mask_feed(websocket: WebSocket, stream_id: str) -> None:
+    """Per processed frame one binary message (docs/PROTOCOL.md); text messages in are
+    prompts, answered with ack/error. Latest-only per client: a slow reader gets fewer,
+    fresh messages and never delays anyone else; one that stops reading is dropped."""
+    runtime: Runtime = websocket.app.state.runtime
+    metrics = stream_metrics(runtime)
+    camera = cameras_of(runtime).get(stream_id)
+    await websocket.accept()
+    if camera is None:
+        metrics.feed_closed.labels("unknown_stream").inc()
+        await _refuse(websocket, "unknown_stream", f"no stream {stream_id!r}", CLOSE_UNKNOWN_STREAM)
+        return
+    try:
+        encoding = MaskEncoding(websocket.query_params.get("encoding", "rle"))
+    except ValueError:
+        metrics.feed_closed.labels("bad_request").inc()
+        choices = ", ".join(e.value for e in MaskEncoding)
+        await _refuse(
+            websocket, "bad_encoding", f"encoding must be one of {choices}", CLOSE_BAD_REQUEST
+        )
+        return
+    session = camera.session
+
+    def dropped(_: StreamResult) -> None:
+        camera.websocket_drops += 1
+        runtime.metrics.count_drop(session.id, "websocket")
+
+    # Bound 1, policy `latest`: a newer result replaces an unsent one (counted).
+    feed = _Feed(websocket, runtime, camera, LatestSlot(on_drop=dropped), encoding)
+    camera.feeds.add(feed.mailbox)
+    remove_sink = session.add_sink(feed.mailbox.put)
+    try:
+        hello = hello_message(
+            session.id,
+            encoding=encoding,
+            limits=prompt_limits(runtime),
+            send_timeout_s=SEND_TIMEOUT_S,
+            state=camera.reader.state.value,
+            width=camera.reader.width,
+            height=camera.reader.height,
+        )
+        await asyncio.wait_for(websocket.send_text(hello), SEND_TIMEOUT_S)
+        sender = asyncio.ensure_future(_send_results(feed))
+        receiver = asyncio.ensure_future(_receive_prompts(feed))
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("websocket feed of %s failed", session.id, exc_info=task.exception())
+                feed.ended = "error"
+        for task in (sender, receiver):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    except TimeoutError:
+        feed.ended = "too_slow"
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        remove_sink()
+        feed.mailbox.close()
+        camera.feeds.discard(feed.mailbox)
+        metrics.feed_closed.labels(feed.ended).inc()
+        await _close(feed)
+
+
+async def _close(feed: _Feed) -> None:
+    """Close politely within CLOSE_TIMEOUT_S, else abort (a close can hang for as long
+    as the peer does not read)."""
+    websocket, closed = feed.websocket, False
+    if feed.ended == "stream_deleted":
+        message = "the stream was deleted"
+        closed = await _refuse(websocket, "unknown_stream", message, CLOSE_UNKNOWN_STREAM)
+    elif feed.ended != "too_slow":
+        try:
+            await asyncio.wait_for(websocket.close(), CLOSE_TIMEOUT_S)
+            closed = True
+        except Exception:
+            closed = False
+    if not closed:
+        _abort(websocket)
+
+
+def _encode(camera: CameraStream, out: StreamResult, encoding: MaskEncoding | None) -> bytes:
+    """Runs in the media executor; masks are encoded once per result and encoding."""
+    blobs = camera.encoded_masks(out, encoding) if encoding is not None else None
+    msg = result_message(out, time.time(), camera.session.counters.dropped, encoding)
+    return encode_frame_message(msg, encoded=blobs)
+
+
+async def _send_results(feed: _Feed) -> None:
+    camera, websocket = feed.camera, feed.websocket
+    loop = asyncio.get_running_loop()
+    executor = feed.runtime.media_executor()
+    metrics = feed.runtime.metrics
+    while True:
+        try:
+            out = await feed.mailbox.take_async()
+        except SlotClosed:
+            feed.ended = "stream_deleted"
+            return
+
+        encoding = feed.encoding if feed.masks else None
+        start = time.perf_counter()
+        data = await loop.run_in_executor(executor, _encode, camera, out, encoding)
+        encoded = time.perf_counter()
+        try:
+            await asyncio.wait_for(websocket.send_bytes(data), SEND_TIMEOUT_S)
+        except TimeoutError:
+            feed.ended = "too_slow"
+            return
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        metrics.observe_stage("mask_encode", encoded - start)
+        metrics.observe_stage("send", time.perf_counter() - encoded)
+        metrics.observe_sent("websocket", out.frame.capture_ts, time.time())
+
+
+def _options(feed: _Feed, msg: SetOptions) -> dict[str, Any]:
+    if msg.encoding is not None:
+        feed.encoding = msg.encoding
+    if msg.include_masks is not None:
+        feed.masks = msg.include_masks
+    return {"encoding": feed.encoding.value, "include_masks": feed.masks}
+
+
+async def _receive_prompts(feed: _Feed) -> None:
+    websocket, runtime = feed.websocket, feed.runtime
+    limits = prompt_limits(runtime)
+    while True:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        raw: str | bytes = message.get("text") or message.get("bytes") or b""
+        request_id = peek_request_id(raw, limits)
+        try:
+            msg = parse_client_message(raw, limits)
+            if isinstance(msg, SetOptions):
+                result = _options(feed, msg)
+            else:
+                result = await apply_message(runtime, feed.camera.session, msg)
+        except (PromptError, TrackerError) as exc:
+            reply = error_message(exc.code, str(exc), request_id)
+        except (WorkerBusyError, WorkerStoppedError) as exc:
+            reply = error_message("busy", str(exc), request_id)
+        else:
+            reply = ack_message(request_id, result)
+        try:
+            await asyncio.wait_for(websocket.send_text(reply), SEND_TIMEOUT_S)
+        except TimeoutError:
+            feed.ended = "too_slow"
+            return
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
+
+def feed_count(runtime: Runtime) -> int:
+    """Open websocket feeds over all cameras (for tests and diagnostics)."""
+    return sum(len(c.feeds) for c in cameras_of(runtime).values())
