@@ -1,14 +1,18 @@
-# The two commands of the README: `make serve` and `make test`.
+# The two commands of the README: `make serve` and `make test`; `make bench` measures.
 VENV ?= .venv
 ARGS ?= --model tiny --weights random
+BENCH_ARGS ?=
 
-.PHONY: setup serve test lint test-deps
+.PHONY: setup serve test lint test-deps bench
 
 setup:
 	./scripts/setup.sh
 
 serve: setup
 	$(VENV)/bin/streamseg serve $(ARGS)
+
+bench: setup
+	$(VENV)/bin/streamseg bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check streamseg tests
