@@ -278,6 +278,7 @@ def run_cell(spec: CellSpec, progress: Progress) -> dict[str, Any]:
             "image_size": spec.image_size,
             "backend": spec.backend,
             "device": spec.device,
+            "dtype": spec.dtype,
             "threads": spec.threads,
             "max_streams": max(16, spec.streams),
             "max_tracks": max(16, spec.tracks),

@@ -49,6 +49,12 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--warmup", type=float, default=5.0, help="seconds excluded after prompting")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    r.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float16"],
+        help="CUDA autocast for streamseg and the reference",
+    )
     r.add_argument("--no-reference", action="store_true", help="skip Meta's predictor column")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="folder (default: bench-results/<time>/)")
@@ -93,6 +99,7 @@ def _cells(args: argparse.Namespace) -> list[Any]:
         warmup_s=args.warmup,
         threads=args.threads,
         device=args.device,
+        dtype=args.dtype,
     )
 
 

@@ -107,7 +107,9 @@ def _propagate(
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
         times: list[float] = []
-        with torch.inference_mode():
+        autocast = torch.autocast("cuda", dtype=getattr(torch, spec.dtype or "float32"),
+                                  enabled=device == "cuda" and spec.dtype is not None)  # fmt: skip
+        with torch.inference_mode(), autocast:
             state = model.init_state(tmp)
             start = time.perf_counter()
             for k, box in enumerate(boxes):

@@ -30,6 +30,7 @@ class CellSpec:
     warmup_s: float = 5.0
     threads: int | None = None
     device: str = "auto"
+    dtype: str | None = None  # CUDA autocast: bfloat16 | float16
 
     @property
     def key(self) -> str:
@@ -37,7 +38,7 @@ class CellSpec:
         return (
             f"{self.model}|{self.weights}|{self.backend}|{self.image_size}px|"
             f"{self.frame_width}x{self.frame_height}|{self.streams}s|{self.tracks}t|"
-            f"{self.source}"
+            f"{self.source}|{self._runtime}"
         )
 
     @property
@@ -45,8 +46,12 @@ class CellSpec:
         """Cells that share a Meta reference measurement (streams do not change it)."""
         return (
             f"{self.model}|{self.weights}|{self.image_size}px|"
-            f"{self.frame_width}x{self.frame_height}|{self.tracks}t|{self.source}"
+            f"{self.frame_width}x{self.frame_height}|{self.tracks}t|{self.source}|{self._runtime}"
         )
+
+    @property
+    def _runtime(self) -> str:
+        return f"{self.device}|{self.dtype or 'fp32'}|threads={self.threads or 'default'}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
