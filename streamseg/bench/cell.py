@@ -32,6 +32,7 @@ MIN_RESULTS_PER_RUN = 3
 LATENCY_POINTS = 600
 GENERATED_CLIP_S = 4
 EGRESS_REPEAT = 60
+START_TIMEOUT_S = 3600.0
 
 
 class CellError(RuntimeError):
@@ -284,7 +285,8 @@ def run_cell(spec: CellSpec, progress: Progress) -> dict[str, Any]:
             "max_tracks": max(16, spec.tracks),
         }
         cuda = torch.cuda.is_available() and spec.device != "cpu"
-        with running_server(**overrides) as (url, runtime):
+        # Start-up may download weights or build TensorRT plans once: not measured.
+        with running_server(START_TIMEOUT_S, **overrides) as (url, runtime):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             measured = asyncio.run(_measure(url, spec, source, runtime, progress))

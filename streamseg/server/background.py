@@ -28,7 +28,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
+def running_server(
+    ready_timeout_s: float = 120.0, **overrides: object
+) -> Iterator[tuple[str, Runtime]]:
+    """The app on a free port until the block ends. Start-up (download, export, engine
+    build, warm-up) may take up to `ready_timeout_s`; a failed start raises at once."""
     values: dict[str, object] = {
         "host": "127.0.0.1",
         "port": free_port(),
@@ -51,7 +55,7 @@ def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"
     runtime: Runtime = app.state.runtime
-    deadline = time.time() + 120
+    deadline = time.time() + ready_timeout_s
     while time.time() < deadline:
         if not thread.is_alive():
             raise ServerStartError(runtime.start_error or "the server stopped while starting")
@@ -63,7 +67,7 @@ def running_server(**overrides: object) -> Iterator[tuple[str, Runtime]]:
         time.sleep(0.1)
     else:
         server.should_exit = True
-        raise ServerStartError("the server did not become ready in 120 s")
+        raise ServerStartError(f"the server did not become ready in {ready_timeout_s:.0f} s")
     try:
         yield url, runtime
     finally:
