@@ -214,21 +214,17 @@ def _trace(spec: _Spec) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index", category=UserWarning)
-        _export_onnx(spec, buffer)
+        torch.onnx.export(
+            spec.module.eval(),
+            spec.args,
+            buffer,  # type: ignore[arg-type]  # a file-like object is accepted
+            input_names=spec.inputs,
+            output_names=spec.outputs,
+            dynamic_axes=spec.axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     return buffer.getvalue()
-
-
-def _export_onnx(spec: _Spec, buffer: io.BytesIO) -> None:
-    torch.onnx.export(
-        spec.module.eval(),
-        spec.args,
-        buffer,  # type: ignore[arg-type]  # a file-like object is accepted
-        input_names=spec.inputs,
-        output_names=spec.outputs,
-        dynamic_axes=spec.axes,
-        opset_version=OPSET,
-        dynamo=False,
-    )
 
 
 def fp32_scopes(model: Any) -> tuple[str, ...]:

@@ -25,7 +25,8 @@ import websockets
 from streamseg.bench.spec import GENERATED, CellSpec
 from streamseg.bench.stats import STAGES, percentiles_ms, spread, thin
 from streamseg.media.synthetic import shape_boxes, write_h264
-from streamseg.protocol.messages import decode_frame_message
+from streamseg.protocol.messages import decode_frame_header
+from streamseg.server.metrics import StageSamples
 
 Progress = Callable[[float], None]  # seconds of planned work done so far
 MIN_RESULTS_PER_RUN = 3
@@ -71,8 +72,9 @@ class _Feed:
                     received = time.time()
                     if isinstance(data, str):
                         continue
-                    message, _ = decode_frame_message(data)
-                    self.arrivals.append((received, message.times.capture_ts))
+                    # Masks stay encoded: this client shares the server's process.
+                    captured = decode_frame_header(data).times.capture_ts
+                    self.arrivals.append((received, captured))
         except (OSError, websockets.ConnectionClosed) as exc:
             self.error = str(exc)
 
@@ -142,8 +144,6 @@ async def _wait_for_results(feeds: list[_Feed], count: int, limit_s: float) -> N
 async def _measure(
     url: str, spec: CellSpec, source: str, runtime: Any, progress: Progress
 ) -> dict[str, Any]:
-    from streamseg.server.metrics import StageSamples
-
     samples = StageSamples()
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         ids = await _open_streams(http, spec, source)
@@ -182,7 +182,7 @@ async def _run_once(
     spec: CellSpec,
     ids: list[str],
     feeds: list[_Feed],
-    samples: Any,
+    samples: StageSamples,
     progress: Progress,
     index: int,
 ) -> dict[str, Any]:

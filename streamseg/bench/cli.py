@@ -14,6 +14,7 @@ from typing import Any
 from streamseg.bench.spec import (
     GENERATED,
     BenchSpecError,
+    CellSpec,
     expand,
     parse_frame_sizes,
     parse_ints,
@@ -74,7 +75,7 @@ def probe_frame_size(source: str) -> tuple[int, int]:
     return int(frame.width), int(frame.height)
 
 
-def _cells(args: argparse.Namespace) -> list[Any]:
+def _cells(args: argparse.Namespace) -> list[CellSpec]:
     if args.runs < 1 or args.seconds <= 0 or args.warmup < 0 or not 1 <= args.source_fps <= 240:
         raise BenchSpecError("--runs >= 1, --seconds > 0, --warmup >= 0, --source-fps 1..240")
     backends = parse_list(args.backend, "backend")
@@ -128,13 +129,14 @@ def run_matrix_command(args: argparse.Namespace, argv: list[str]) -> int:
     print(format_tables(report))
     if old is not None:
         print("\n" + format_comparison(old, report))
-    if not args.no_plot and any(r["result"] for r in report["cells"]):
+    plotted = not args.no_plot and any(r["result"] for r in report["cells"])
+    if plotted:
         from streamseg.bench.plot import write_plot
 
         write_plot(report, out / "bench.png")
     for problem in problems(report):
         print(f"warning: {problem}", file=sys.stderr)
-    print(f"\nwrote {out / 'bench.json'}" + ("" if args.no_plot else f" and {out / 'bench.png'}"))
+    print(f"\nwrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if plotted else ""))
     return 0 if all(r["result"] for r in report["cells"]) else 1
 
 

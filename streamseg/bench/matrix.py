@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from streamseg.bench.child import MARK
 from streamseg.bench.machine import machine_info
-from streamseg.bench.spec import CellSpec
+from streamseg.bench.spec import CellSpec, cell_label
+from streamseg.server.metrics import TRACKER_STAGES
 
 REPORT_SCHEMA = 1
 SOURCE_BOUND_DROPS = 0.02  # fewer drops than this: the model kept up, the source set the rate
@@ -25,7 +26,6 @@ SOURCE_BOUND_DROPS = 0.02  # fewer drops than this: the model kept up, the sourc
 class ChildOutcome:
     result: dict[str, Any] | None = None
     error: str | None = None
-    log: list[str] = field(default_factory=list)
 
 
 def planned_s(spec: CellSpec) -> float:
@@ -35,7 +35,7 @@ def planned_s(spec: CellSpec) -> float:
 def run_child(kind: str, spec: CellSpec, bar: tqdm[Any], log_path: Path) -> ChildOutcome:
     """One child process; progress moves `bar` by at most this child's planned time."""
     outcome = ChildOutcome()
-    base, budget, shown = bar.n, planned_s(spec), 0.0
+    base, budget = bar.n, planned_s(spec)
     with log_path.open("a") as log:
         log.write(f"--- {kind} {spec.key}\n")
         log.flush()
@@ -55,8 +55,7 @@ def run_child(kind: str, spec: CellSpec, bar: tqdm[Any], log_path: Path) -> Chil
                 continue
             message = json.loads(line[len(MARK) :])
             if "progress" in message:
-                shown = min(budget, float(message["progress"]))
-                bar.update(base + shown - bar.n)
+                bar.update(base + min(budget, float(message["progress"])) - bar.n)
             outcome.result = message.get("result", outcome.result)
             outcome.error = message.get("error", outcome.error)
         code = proc.wait()
@@ -66,19 +65,12 @@ def run_child(kind: str, spec: CellSpec, bar: tqdm[Any], log_path: Path) -> Chil
     return outcome
 
 
-def _label(spec: CellSpec) -> str:
-    return (
-        f"{spec.model}@{spec.image_size} {spec.backend} {spec.streams}s×{spec.tracks}t "
-        f"{spec.frame_width}x{spec.frame_height}"
-    )
-
-
-def _done_line(spec: CellSpec, row: dict[str, Any]) -> str:
+def _done_line(label: str, row: dict[str, Any]) -> str:
     result = row["result"]
     if result is None:
-        return f"{_label(spec)}: failed: {row['error']}"
+        return f"{label}: failed: {row['error']}"
     fps, lat = result["fps"]["median"], result["capture_to_sent_ms"]["p50"]
-    return f"{_label(spec)}: {fps:.2f} fps, capture->sent p50 {lat:.0f} ms"
+    return f"{label}: {fps:.2f} fps, capture->sent p50 {lat:.0f} ms"
 
 
 def run_matrix(
@@ -99,14 +91,15 @@ def run_matrix(
         bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]",
     ) as bar:
         for spec in cells:
-            bar.set_description_str(_label(spec))
+            label = cell_label(spec.to_json())
+            bar.set_description_str(label)
             outcome = run_child("cell", spec, bar, log_path)
             ref_spec = wanted_refs.get(spec.reference_key)
             if ref_spec is not None and spec.reference_key not in references:
-                bar.set_description_str(f"{_label(spec)} (Meta reference)")
+                bar.set_description_str(f"{label} (Meta reference)")
                 references[spec.reference_key] = run_child("reference", ref_spec, bar, log_path)
             rows.append(_row(spec, outcome, references.get(spec.reference_key)))
-            bar.write(_done_line(spec, rows[-1]), file=sys.stderr)
+            bar.write(_done_line(label, rows[-1]), file=sys.stderr)
     return {
         "schema": REPORT_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -118,13 +111,7 @@ def run_matrix(
 
 
 # Preprocessing is left out: Meta's predictor resizes every frame before tracking starts.
-MODEL_STAGES = (
-    "encoder",
-    "memory_attention",
-    "decoder",
-    "memory_encoder",
-    "postprocess",
-)
+MODEL_STAGES = tuple(s for s in TRACKER_STAGES if s != "preprocess")
 
 
 def model_ms(result: dict[str, Any]) -> float:

@@ -6,14 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from streamseg.bench.report import STAGE_TITLES
+from streamseg.bench.spec import cell_label
 from streamseg.bench.stats import STAGES
-
-
-def _name(spec: dict[str, Any]) -> str:
-    return (
-        f"{spec['model']}@{spec['image_size']} {spec['backend']}\n"
-        f"{spec['streams']}s×{spec['tracks']}t {spec['frame_width']}x{spec['frame_height']}"
-    )
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
@@ -29,7 +23,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     if not rows:
         raise ValueError("no measured cell to plot")
     fig, (bars, lines) = plt.subplots(2, 1, figsize=(12, 4 + 0.7 * len(rows) + 4))
-    names = [_name(r["spec"]) for r in rows]
+    names = [cell_label(r["spec"], sep="\n") for r in rows]
     left = [0.0] * len(rows)
     colours = plt.get_cmap("tab10")
     for k, stage in enumerate(STAGES):

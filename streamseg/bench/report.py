@@ -9,6 +9,7 @@ from typing import Any
 
 from streamseg.bench.machine import describe
 from streamseg.bench.matrix import REPORT_SCHEMA
+from streamseg.bench.spec import cell_label
 from streamseg.bench.stats import STAGES, WITHIN_CAPTURE_TO_SENT, is_real
 
 STAGE_TITLES = {
@@ -71,13 +72,6 @@ def _ms(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
-def _cell_name(spec: dict[str, Any]) -> str:
-    return (
-        f"{spec['model']}@{spec['image_size']} {spec['backend']} "
-        f"{spec['frame_width']}x{spec['frame_height']} {spec['streams']}s×{spec['tracks']}t"
-    )
-
-
 def format_tables(report: dict[str, Any]) -> str:
     lines = [f"machine: {describe(report['machine'])}"]
     first = report["cells"][0]["spec"] if report["cells"] else None
@@ -94,7 +88,7 @@ def format_tables(report: dict[str, Any]) -> str:
     )
     lines += ["", head, "-" * len(head)]
     for row in report["cells"]:
-        name, result = _cell_name(row["spec"]), row["result"]
+        name, result = cell_label(row["spec"]), row["result"]
         if result is None:
             lines.append(f"{name:34} failed: {row['error']}")
             continue
@@ -139,7 +133,7 @@ def format_tables(report: dict[str, Any]) -> str:
         got = row["result"]["stages_ms"]
         extra = row["result"].get("webrtc_egress_ms", {})
         cells = [_p50_p99(got.get(s)) for s in stages] + [_p50_p99(extra.get(s)) for s in egress]
-        lines.append(f"{_cell_name(row['spec']):34}" + "".join(f"{c:>12}" for c in cells))
+        lines.append(f"{cell_label(row['spec']):34}" + "".join(f"{c:>12}" for c in cells))
     lines.append(
         "† WebRTC egress (browser path), measured per frame after the run at the cell's frame "
         "size and track count: compositing the masks, VP8 encoding as aiortc does"
@@ -172,7 +166,7 @@ def format_comparison(old: dict[str, Any], new: dict[str, Any]) -> str:
         l0 = prior["result"]["capture_to_sent_ms"]["p50"]
         l1 = row["result"]["capture_to_sent_ms"]["p50"]
         lines.append(
-            f"{_cell_name(row['spec']):34} {f0:9.2f} → {f1:8.2f} {_change(f0, f1):>7} "
+            f"{cell_label(row['spec']):34} {f0:9.2f} → {f1:8.2f} {_change(f0, f1):>7} "
             f"{_ms(l0):>9} → {_ms(l1):>8} {_change(l0, l1):>7}"
         )
     if not matched:

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -46,21 +46,34 @@ def median_ms(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(sample_s(fn, repeat)) * 1000
 
 
-def webrtc_egress_s(width: int, height: int, tracks: int, repeat: int) -> dict[str, list[float]]:
-    """What the WebRTC overlay track adds per frame, model excluded: compositing
-    `tracks` masks onto the frame, and VP8-encoding it as aiortc's sender does."""
-    from aiortc.codecs import get_encoder
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-
-    from streamseg.bench.cell import prompt_boxes
-
-    images = [scene_frame(i, height, width) for i in range(30)]  # moving, as video is
+def _box_masks(
+    boxes: Sequence[Sequence[int]], height: int, width: int
+) -> list[tuple[int, np.ndarray]]:
+    """Filled boxes as (track id, mask) pairs, track ids from 1."""
     masks = []
-    for k, (x0, y0, x1, y1) in enumerate(prompt_boxes(tracks, width, height)):
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
         mask = np.zeros((height, width), bool)
         mask[y0:y1, x0:x1] = True
         masks.append((k + 1, mask))
-    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+    return masks
+
+
+def _vp8_encoder() -> Any:
+    """The encoder aiortc's sender uses for VP8."""
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    return get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+
+
+def webrtc_egress_s(width: int, height: int, tracks: int, repeat: int) -> dict[str, list[float]]:
+    """What the WebRTC overlay track adds per frame, model excluded: compositing
+    `tracks` masks onto the frame, and VP8-encoding it as aiortc's sender does."""
+    from streamseg.bench.cell import prompt_boxes
+
+    images = [scene_frame(i, height, width) for i in range(30)]  # moving, as video is
+    masks = _box_masks(prompt_boxes(tracks, width, height), height, width)
+    encoder = _vp8_encoder()
     composed = [av.VideoFrame.from_ndarray(draw_overlay(i, masks), format="rgb24") for i in images]
     counter = itertools.count()
 
@@ -80,9 +93,6 @@ def webrtc_egress_s(width: int, height: int, tracks: int, repeat: int) -> dict[s
 
 
 def _overhead_row(w: int, h: int, repeat: int) -> dict[str, float]:
-    from aiortc.codecs import get_encoder
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-
     from streamseg.model.tracker import FrameResult, StageTimes, TrackResult
     from streamseg.pipeline.stream import StreamResult
     from streamseg.pipeline.wire import result_message
@@ -90,18 +100,14 @@ def _overhead_row(w: int, h: int, repeat: int) -> dict[str, float]:
 
     image = scene_frame(0, h, w)
     decoded = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
-    masks = []
-    for k, (x0, y0, x1, y1) in enumerate(shape_boxes(0, h, w)):
-        m = np.zeros((h, w), bool)
-        m[y0:y1, x0:x1] = True
-        masks.append((k + 1, m))
+    masks = _box_masks(shape_boxes(0, h, w), h, w)
     tracks = tuple(
         TrackResult(k, m, np.zeros((256, 256), np.float32), 0.9, 0.9, True, (0, 0, 1, 1), 1)
         for k, m in masks
     )
     frame = Frame(0, image, time.time(), "receive", time.time())
     out = StreamResult("s", frame, FrameResult(0, 0, w, h, tracks, StageTimes()), 0.0, 0.0)
-    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+    encoder = _vp8_encoder()
     composed = av.VideoFrame.from_ndarray(draw_overlay(image, masks), format="rgb24")
     composed.pts, composed.time_base = 0, Fraction(1, 90_000)
     row = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -63,6 +64,14 @@ class CellSpec:
         if unknown:
             raise BenchSpecError(f"unknown cell fields: {sorted(unknown)}")
         return cls(**data)
+
+
+def cell_label(spec: Mapping[str, Any], sep: str = " ") -> str:
+    """How tables, progress lines and the plot name a cell (`spec` as in the report)."""
+    return (
+        f"{spec['model']}@{spec['image_size']} {spec['backend']}{sep}"
+        f"{spec['frame_width']}x{spec['frame_height']} {spec['streams']}s×{spec['tracks']}t"
+    )
 
 
 def parse_list(text: str, name: str) -> list[str]:

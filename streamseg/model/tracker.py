@@ -135,7 +135,7 @@ class _Track:
     last: TrackResult | None = None
 
 
-class _StageClock:
+class StageClock:
     """Per-stage times of one step. On CUDA each stage is bracketed by CUDA events and
     read once the step's results are on the host (no synchronisation between stages,
     so timing does not change what it measures); on CPU it is wall time."""
@@ -221,7 +221,7 @@ class StreamTracker:
         """Encode one frame and track every track on it."""
         self.validate_frame(image, seq)
         times = StageTimes()
-        clock = _StageClock(times, self._device)
+        clock = StageClock(times, self._device)
         with self._inference():
             with clock.stage("preprocess"):
                 tensor = self.preprocess(image)
@@ -281,7 +281,7 @@ class StreamTracker:
             caught_up = 0
             for later in self._history:
                 if later.frame_idx > record.frame_idx:
-                    clock = _StageClock(StageTimes(), self._device)
+                    clock = StageClock(StageTimes(), self._device)
                     (entry,) = self._track_frame(later, [new_track], clock)
                     new_track.last = self._results(later, [(track_id, entry)])[0]
                     caught_up += 1
@@ -340,7 +340,7 @@ class StreamTracker:
         self._next_frame_idx += 1
         self._last_seq = seq
         tracks = [self._tracks[k] for k in sorted(self._tracks)]
-        clock = _StageClock(times, self._device)
+        clock = StageClock(times, self._device)
         outputs = self._track_frame(record, tracks, clock) if tracks else []
         with clock.stage("postprocess"):
             results = self._results(
@@ -409,7 +409,7 @@ class StreamTracker:
         return new_track
 
     def _track_frame(
-        self, record: _FrameRecord, tracks: list[_Track], clock: _StageClock
+        self, record: _FrameRecord, tracks: list[_Track], clock: StageClock
     ) -> list[MemoryEntry]:
         """Advance `tracks` onto `record`, batching tracks with equal memory layouts."""
         outputs: dict[int, MemoryEntry] = {}

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from streamseg.backends.base import SamGraphs
+from streamseg.model.tracker import StageClock, StageTimes
 from streamseg.pipeline.stream import StreamResult, StreamSession
 
 log = logging.getLogger(__name__)
@@ -182,16 +183,14 @@ class InferenceWorker:
         infer_start = time.time()
         try:
             with torch.inference_mode():
-                t0 = time.perf_counter()
-                images = torch.cat([s.tracker.preprocess(f.image) for s, f in taken])
-                if images.device.type == "cuda":
-                    torch.cuda.synchronize()
-                preprocess_s = (time.perf_counter() - t0) / len(taken)
-                t0 = time.perf_counter()
-                features = self.graphs.encode_image(images)
-                if features.embed.device.type == "cuda":
-                    torch.cuda.synchronize()
-                encoder_s = (time.perf_counter() - t0) / len(taken)
+                clock = StageClock(StageTimes(), self.graphs.device)
+                with clock.stage("preprocess"):
+                    images = torch.cat([s.tracker.preprocess(f.image) for s, f in taken])
+                with clock.stage("encoder"):
+                    features = self.graphs.encode_image(images)
+                times = clock.resolve()  # waits for the encoder (CUDA errors surface here)
+            preprocess_s = times.preprocess / len(taken)
+            encoder_s = times.encoder / len(taken)
         except Exception:
             log.exception("image encoder failed for a batch of %d frames", len(taken))
             return

@@ -360,11 +360,9 @@ def _mask_error(index: int, exc: MaskCodecError) -> MessageError:
     return MessageError(f"tracks[{index}] mask is corrupt: {exc}")
 
 
-def decode_frame_message(
+def _split_binary(
     data: bytes | bytearray | memoryview,
-) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
-    """Parse a binary websocket frame message into the header and its masks (None when
-    the message carries none); anything malformed raises `MessageError`."""
+) -> tuple[FrameResultMessage, list[Mapping[str, Any]], memoryview]:
     view = memoryview(data).cast("B")
     if len(view) < HEADER_LENGTH.size:
         raise MessageError(f"message is {len(view)} bytes, shorter than its length prefix")
@@ -377,7 +375,21 @@ def decode_frame_message(
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MessageError(f"frame header is not JSON: {exc}") from None
     msg, tracks = _parse_header(header)
-    payload = view[end:]
+    return msg, tracks, view[end:]
+
+
+def decode_frame_header(data: bytes | bytearray | memoryview) -> FrameResultMessage:
+    """The header of a binary frame message, masks left undecoded (for clients that only
+    need times, boxes and scores)."""
+    return _split_binary(data)[0]
+
+
+def decode_frame_message(
+    data: bytes | bytearray | memoryview,
+) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
+    """Parse a binary websocket frame message into the header and its masks (None when
+    the message carries none); anything malformed raises `MessageError`."""
+    msg, tracks, payload = _split_binary(data)
     if msg.encoding is None:
         if any("mask" in t for t in tracks):
             raise MessageError("tracks carry masks but the header names no encoding")

@@ -17,6 +17,7 @@ from streamseg.protocol.messages import (
     MessageError,
     TrackResultMeta,
     ack_message,
+    decode_frame_header,
     decode_frame_json,
     decode_frame_message,
     encode_frame_message,
@@ -84,6 +85,17 @@ def test_round_trip(encoding: MaskEncoding) -> None:
         assert np.array_equal(got, want)
     assert decode_frame_message(bytearray(data))[0] == msg
     assert decode_frame_message(memoryview(data))[0] == msg
+    assert decode_frame_header(data) == msg
+
+
+def test_header_only_decoding_leaves_the_masks_alone() -> None:
+    """A corrupt mask payload is not read, a corrupt header still raises."""
+    data = encode_frame_message(_msg(), _masks())
+    assert decode_frame_header(data[:-1]) == _msg()
+    with pytest.raises(MessageError, match="outside"):
+        decode_frame_message(data[:-1])
+    with pytest.raises(MessageError, match="not JSON"):
+        decode_frame_header(data[:4] + b"x" + data[5:])
 
 
 @pytest.mark.parametrize("encoding", list(MaskEncoding))
