@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from streamseg.config import Settings
+
+if TYPE_CHECKING:
+    from streamseg.server.auth import TokenStore
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,17 +42,59 @@ def _settings_from(args: argparse.Namespace) -> Settings:
             overrides[name] = getattr(args, name)
     if getattr(args, "ice_host", None):
         overrides["ice_hosts"] = tuple(args.ice_host)
+    if getattr(args, "token_file", None):
+        overrides["token_file"] = args.token_file
+    if getattr(args, "allowed_host", None):
+        overrides["allowed_hosts"] = tuple(args.allowed_host)
+    if getattr(args, "allowed_origin", None):
+        overrides["allowed_origins"] = tuple(args.allowed_origin)
+    if getattr(args, "insecure_no_auth_on_network", False):
+        overrides["insecure_no_auth_on_network"] = True
     return Settings.from_env(**overrides)
+
+
+def startup_banner(settings: Settings, tokens: TokenStore) -> str:
+    """What to open. A generated token is printed (stdout, never the log) inside the
+    URL's fragment, which browsers do not send to the server."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    base = f"http://{host}:{settings.port}/"
+    if tokens.disabled:
+        return (
+            f"streamseg: open {base} (API docs at /docs)\n"
+            "streamseg: WARNING: AUTHENTICATION IS OFF (--insecure-no-auth-on-network): "
+            "anyone who reaches this port can watch, prompt, add and delete streams"
+        )
+    if tokens.generated is not None:
+        return (
+            f"streamseg: open {base}#token={tokens.generated}\n"
+            "streamseg: that token was generated for this run and has every scope; API "
+            "clients send it as `Authorization: Bearer <token>` (streamseg's clients read "
+            "STREAMSEG_TOKEN). API docs at /docs"
+        )
+    ids = ", ".join(tokens.token_ids) or "none yet"
+    return (
+        f"streamseg: open {base}#token=<your token> (configured token ids: {ids}). "
+        "API docs at /docs"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from streamseg.server.app import create_app
+    from streamseg.server.app import InsecureBindError, create_app
+    from streamseg.server.auth import AuthConfigError
 
     settings = _settings_from(args)
-    app = create_app(settings)
-    print(f"streamseg: open http://{settings.host}:{settings.port}/ (API docs at /docs)")
+    try:
+        app = create_app(settings)
+    except (InsecureBindError, AuthConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(startup_banner(settings, app.state.auth), flush=True)
     uvicorn.run(
         app,
         host=settings.host,
@@ -91,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-bytes", type=int, default=None)
     serve.add_argument(
         "--ice-host", action="append", help="address offered in ICE candidates (repeatable)"
+    )
+    serve.add_argument(
+        "--token-file",
+        default=None,
+        help="tokens, one `<id> <scopes> <token>` per line, re-read when it changes "
+        "(docs/SECURITY.md); a single all-scope token comes from STREAMSEG_TOKEN",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name clients use beyond loopback, e.g. cams.example.com (repeatable)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        help="a web origin allowed to call the API cross-site, with CORS (repeatable)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth-on-network",
+        action="store_true",
+        help="turn authentication OFF, even when listening beyond loopback",
     )
     serve.set_defaults(func=_serve)
 

@@ -6,7 +6,7 @@
     from streamseg.client import StreamsegClient
 
     async def robot() -> None:
-        client = StreamsegClient("http://127.0.0.1:8000")
+        client = StreamsegClient("http://127.0.0.1:8000")  # token: $STREAMSEG_TOKEN
         stream = await client.create_stream("rtsp://camera.local/live", name="dock")
         async for result in client.results(stream["id"]):
             if not result.message.tracks:
@@ -25,6 +25,10 @@ backlog (skipped messages are counted in `client.dropped`). It reconnects by its
 with exponential backoff and jitter, and raises `StreamNotFoundError` once the server
 says the stream does not exist. For synchronous code (a ROS callback, a plain loop)
 `LatestResults` runs the same thing on a background thread.
+
+Authentication: pass `token=` (or set `STREAMSEG_TOKEN`); it is sent as
+`Authorization: Bearer` on REST and on the websocket handshake. A refused token raises
+`RequestError` with code `unauthorized` (401) or `forbidden` (403) and is not retried.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import threading
 import time
@@ -45,9 +50,11 @@ import httpx
 import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from streamseg.protocol.messages import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
     CLOSE_UNKNOWN_STREAM,
     FrameResultMessage,
     decode_frame_message,
@@ -187,8 +194,11 @@ class StreamsegClient:
         timeout: float = 30.0,
         backoff_initial_s: float = 0.25,
         backoff_max_s: float = 10.0,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Default from the environment, so a robot's code carries no secret.
+        self.token = token if token is not None else os.environ.get("STREAMSEG_TOKEN")
         self.timeout = timeout
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -196,10 +206,15 @@ class StreamsegClient:
         self.dropped = 0  # results replaced by newer ones before the consumer took them
         self._sockets: dict[str, list[_Socket]] = {}
 
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     # ---- REST --------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout) as http:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout, headers=self.auth_headers()
+        ) as http:
             response = await http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -292,6 +307,7 @@ class StreamsegClient:
             try:
                 async with websockets.connect(
                     self.ws_url(stream_id, encoding),
+                    additional_headers=self.auth_headers(),
                     compression=None,
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=self.timeout,
@@ -317,6 +333,13 @@ class StreamsegClient:
             except ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNKNOWN_STREAM:
                     raise StreamNotFoundError(None, "unknown_stream", exc.rcvd.reason) from None
+                if exc.rcvd is not None and exc.rcvd.code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
+                    raise RequestError(None, exc.rcvd.reason or "unauthorized", "refused") from None
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403, 421):  # no retry: it would be refused again
+                    body = (exc.response.body or b"").decode(errors="replace")
+                    raise RequestError(status, "refused", body) from None
             except (OSError, InvalidHandshake, TimeoutError):
                 pass
             self.reconnects += 1
@@ -338,8 +361,10 @@ class LatestResults:
             result = feed.latest(newer_than=last_seq, timeout=1.0)
     """
 
-    def __init__(self, base_url: str, stream_id: str, encoding: str = "rle") -> None:
-        self.client = StreamsegClient(base_url)
+    def __init__(
+        self, base_url: str, stream_id: str, encoding: str = "rle", token: str | None = None
+    ) -> None:
+        self.client = StreamsegClient(base_url, token=token)
         self.stream_id, self.encoding = stream_id, encoding
         self._cond = threading.Condition()
         self._result: Result | None = None

@@ -1,9 +1,10 @@
 """A WebRTC client for streamseg: sends video, receives overlay video and metadata.
 
-    python -m streamseg.client_webrtc --url http://127.0.0.1:8000 --seconds 10
+    STREAMSEG_TOKEN=<token> python -m streamseg.client_webrtc --url http://127.0.0.1:8000
 
-sends generated video (moving shapes), prompts one object with a click on the
-frame it last received, and prints per-second stats of what comes back.
+(the token `streamseg serve` printed, or one with the `control` scope) sends generated
+video (moving shapes), prompts one object with a click on the frame it last received,
+and prints per-second stats of what comes back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections import deque
 from fractions import Fraction
@@ -55,8 +57,16 @@ class SyntheticVideoTrack(MediaStreamTrack):
 class WebRTCClient:
     """One peer connection to a streamseg server. Keeps bounded histories only."""
 
-    def __init__(self, url: str, source: MediaStreamTrack, options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        source: MediaStreamTrack,
+        options: dict[str, Any] | None = None,
+        token: str | None = None,
+    ):
         self.url = url.rstrip("/")
+        # The offer needs the `control` scope; default from the environment.
+        self.token = token if token is not None else os.environ.get("STREAMSEG_TOKEN")
         self.source = source
         self.options = options or {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -84,7 +94,8 @@ class WebRTCClient:
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": "offer", "options": self.options}
-        async with httpx.AsyncClient(timeout=timeout) as http:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
             response = await http.post(f"{self.url}/v1/webrtc/offer", json=offer)
         response.raise_for_status()
         answer = response.json()
@@ -127,13 +138,13 @@ def latest_frame_meta(client: WebRTCClient) -> dict[str, Any] | None:
     return client.metadata[-1] if client.metadata else None
 
 
-async def _main(url: str, seconds: float) -> None:
+async def _main(url: str, seconds: float, token: str | None) -> None:
     if httpx.URL(url).host in ("127.0.0.1", "localhost"):
         from streamseg.media.webrtc import restrict_ice_hosts
 
         restrict_ice_hosts(("127.0.0.1",))
     source = SyntheticVideoTrack()
-    client = WebRTCClient(url, source)
+    client = WebRTCClient(url, source, token=token)
     await client.connect()
     print(f"connected: stream {client.stream_id}")
     while not client.metadata:
@@ -171,8 +182,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="read the token from this file (default: $STREAMSEG_TOKEN; not a flag, "
+        "command lines are visible to every local user)",
+    )
     args = parser.parse_args()
-    asyncio.run(_main(args.url, args.seconds))
+    token = None
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    asyncio.run(_main(args.url, args.seconds, token))
 
 
 if __name__ == "__main__":

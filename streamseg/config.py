@@ -42,6 +42,13 @@ class Settings:
     # STUN/TURN URLs; none by default so nothing leaves the host unless asked for.
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     web_dir: str | None = None  # default: the repo's web/ next to the package
+    # access control (docs/SECURITY.md). `token`: one token with every scope, id `env`;
+    # from STREAMSEG_TOKEN, never a flag (argv is visible to every local user).
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None  # `<id> <scopes> <token>` lines, re-read when changed
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)  # beyond loopback; * = any
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # cross-origin + CORS
+    insecure_no_auth_on_network: bool = False  # no tokens at all, on any address
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -46,18 +46,18 @@ async def launch(clip: Path) -> Any:
 
 
 async def measure(seconds: float, model: str, image_size: int | None) -> dict[str, Any]:
-    from streamseg.server.background import running_server
+    from streamseg.server.background import running_server, server_token
 
     overrides: dict[str, Any] = {"model": model}
     if image_size:
         overrides["image_size"] = image_size
-    with tempfile.TemporaryDirectory() as tmp, running_server(**overrides) as (url, _):
+    with tempfile.TemporaryDirectory() as tmp, running_server(**overrides) as (url, runtime):
         clip = Path(tmp) / "camera.y4m"
         write_y4m(str(clip), camera_clip())
         pw, browser = await launch(clip)
         try:
             page = await browser.new_page()
-            await page.goto(f"{url}/?probe")
+            await page.goto(f"{url}/?probe#token={server_token(runtime)}")
             await page.click("#connect")
             await page.wait_for_function(
                 "window.streamseg.connected && window.streamseg.framesShown > 10", timeout=60_000

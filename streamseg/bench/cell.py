@@ -59,14 +59,17 @@ def peak_rss_mb() -> float:
 class _Feed:
     """A websocket client that keeps the arrival of every message."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"}
         self.arrivals: list[tuple[float, float]] = []  # (received, captured)
         self.error: str | None = None
 
     async def run(self) -> None:
         try:
-            async with websockets.connect(self.url, compression=None, max_size=2**26) as ws:
+            async with websockets.connect(
+                self.url, additional_headers=self.headers, compression=None, max_size=2**26
+            ) as ws:
                 await ws.recv()  # hello
                 async for data in ws:
                     received = time.time()
@@ -144,12 +147,16 @@ async def _wait_for_results(feeds: list[_Feed], count: int, limit_s: float) -> N
 async def _measure(
     url: str, spec: CellSpec, source: str, runtime: Any, progress: Progress
 ) -> dict[str, Any]:
+    from streamseg.server.background import server_token
+
     samples = StageSamples()
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    token = server_token(runtime)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as http:
         ids = await _open_streams(http, spec, source)
         await _prompt(http, spec, ids)
         ws_base = url.replace("http://", "ws://", 1)
-        feeds = [_Feed(f"{ws_base}/v1/streams/{i}/masks?encoding=rle") for i in ids]
+        feeds = [_Feed(f"{ws_base}/v1/streams/{i}/masks?encoding=rle", token) for i in ids]
         tasks = [asyncio.ensure_future(f.run()) for f in feeds]
         try:
             started = time.monotonic()

@@ -131,10 +131,11 @@ def overhead_table(repeat: int = 30) -> dict[str, dict[str, float]]:
 
 async def overload_run(seconds: float, model: str, image_size: int) -> dict[str, Any]:
     from streamseg.client_webrtc import SyntheticVideoTrack, WebRTCClient
-    from streamseg.server.background import running_server
+    from streamseg.server.background import running_server, server_token
 
     with running_server(model=model, image_size=image_size) as (url, runtime):
-        client = WebRTCClient(url, SyntheticVideoTrack(640, 480, fps=30))
+        track = SyntheticVideoTrack(640, 480, fps=30)
+        client = WebRTCClient(url, track, token=server_token(runtime))
         await client.connect()
         try:
             while len(client.metadata) < 3:

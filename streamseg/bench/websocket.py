@@ -21,8 +21,12 @@ from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.protocol.messages import decode_frame_message
 
 
-async def _reader(url: str, seconds: float, out: list[tuple[float, float]]) -> None:
-    async with websockets.connect(url, compression=None, max_size=None) as ws:
+async def _reader(
+    url: str, headers: dict[str, str], seconds: float, out: list[tuple[float, float]]
+) -> None:
+    async with websockets.connect(
+        url, additional_headers=headers, compression=None, max_size=None
+    ) as ws:
         await ws.recv()
         end = time.time() + seconds
         while time.time() < end:
@@ -33,20 +37,23 @@ async def _reader(url: str, seconds: float, out: list[tuple[float, float]]) -> N
                 out.append((now, now - (msg.times.sent_ts or now)))
 
 
-async def _stalled(url: str, seconds: float) -> None:
-    async with websockets.connect(url, compression=None, max_queue=1) as ws:
+async def _stalled(url: str, headers: dict[str, str], seconds: float) -> None:
+    async with websockets.connect(
+        url, additional_headers=headers, compression=None, max_queue=1
+    ) as ws:
         await ws.recv()
         await asyncio.sleep(seconds)
 
 
 async def measure(seconds: float, encoding: str) -> list[dict[str, Any]]:
-    from streamseg.server.background import running_server
+    from streamseg.server.background import running_server, server_token
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, running_server() as (url, _):
+    with tempfile.TemporaryDirectory() as tmp, running_server() as (url, runtime):
         clip = Path(tmp) / "clip.mp4"
         write_h264(str(clip), 640, 480, 90)
-        async with httpx.AsyncClient(base_url=url) as http:
+        headers = {"Authorization": f"Bearer {server_token(runtime)}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers) as http:
             sid = (
                 await http.post("/v1/streams", json={"url": str(clip), "options": {"loop": True}})
             ).json()["id"]
@@ -60,8 +67,8 @@ async def measure(seconds: float, encoding: str) -> list[dict[str, Any]]:
             for clients in (1, 8):
                 samples: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
                 await asyncio.gather(
-                    _stalled(ws_url, seconds + 1),
-                    *(_reader(ws_url, seconds, s) for s in samples),
+                    _stalled(ws_url, headers, seconds + 1),
+                    *(_reader(ws_url, headers, seconds, s) for s in samples),
                 )
                 latency = [lat for s in samples for _, lat in s]
                 rows.append(

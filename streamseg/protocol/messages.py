@@ -38,6 +38,8 @@ HEADER_LENGTH = struct.Struct(">I")
 # Websocket close codes of the mask feed (4000-4999 are the application's).
 CLOSE_UNKNOWN_STREAM = 4404  # no such stream, or it was deleted
 CLOSE_BAD_REQUEST = 4422  # bad query parameters
+CLOSE_UNAUTHORIZED = 4401  # no token, or one the server does not know
+CLOSE_FORBIDDEN = 4403  # the token lacks the scope the feed needs
 CaptureSource = Literal["stream", "receive"]
 _CAPTURE_SOURCES: tuple[CaptureSource, ...] = ("stream", "receive")
 _SERVER_TYPES = frozenset({"hello", "error", "ack", "frame"})

@@ -3,6 +3,8 @@ server benchmark drive it with real peers from the same process)."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import threading
 import time
@@ -21,6 +23,14 @@ class ServerStartError(RuntimeError):
     """The in-process server could not start (model, backend or port); says why."""
 
 
+def server_token(runtime: Runtime) -> str:
+    """The all-scope token of a server started by `running_server`."""
+    token = runtime.settings.token
+    if not token:
+        raise ValueError("this server was started without a token setting")
+    return token
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,13 +42,17 @@ def running_server(
     ready_timeout_s: float = 120.0, **overrides: object
 ) -> Iterator[tuple[str, Runtime]]:
     """The app on a free port until the block ends. Start-up (download, export, engine
-    build, warm-up) may take up to `ready_timeout_s`; a failed start raises at once."""
+    build, warm-up) may take up to `ready_timeout_s`; a failed start raises at once.
+
+    Authentication is on: the token with every scope is `STREAMSEG_TOKEN` when set
+    (so clients that read it just work), else a fresh one; `server_token(runtime)`."""
     values: dict[str, object] = {
         "host": "127.0.0.1",
         "port": free_port(),
         "model": "test",
         "weights": "random",
         "ice_hosts": ("127.0.0.1",),
+        "token": os.environ.get("STREAMSEG_TOKEN") or secrets.token_urlsafe(32),
         **overrides,
     }
     settings = Settings(**values)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from streamseg.media.webrtc import OfferError, PeerOptions, answer_offer
 from streamseg.server.runtime import LimitReachedError, Runtime
+from streamseg.server.security import audit_note, requires
 
 router = APIRouter(prefix="/v1/webrtc", tags=["webrtc"])
 
@@ -32,7 +33,7 @@ class Answer(BaseModel):
     peer_id: str
 
 
-@router.post("/offer", response_model=Answer)
+@router.post("/offer", response_model=Answer, dependencies=[requires("control")])
 async def offer(body: Offer, request: Request) -> Answer:
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
@@ -51,4 +52,5 @@ async def offer(body: Offer, request: Request) -> Answer:
     except LimitReachedError as exc:
         runtime.metrics.requests_rejected.labels("max_streams").inc()
         raise HTTPException(429, str(exc)) from None
+    audit_note(request, stream=peer.stream.id, peer=peer.id)
     return Answer(sdp=answer.sdp, stream_id=peer.stream.id, peer_id=peer.id)
