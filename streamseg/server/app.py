@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,8 @@ from fastapi.staticfiles import StaticFiles
 from streamseg import __version__
 from streamseg.config import Settings
 from streamseg.media.overlay import PALETTE
+from streamseg.server import security
+from streamseg.server.auth import HostPolicy, TokenStore, bind_problem
 from streamseg.server.metrics import CONTENT_TYPE
 from streamseg.server.runtime import Runtime
 
@@ -21,17 +25,40 @@ log = logging.getLogger(__name__)
 DEFAULT_WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
 
+class InsecureBindError(RuntimeError):
+    """Listening beyond loopback without configured tokens, and without the flag that
+    explicitly allows it."""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; raises AuthConfigError (bad token setup) or InsecureBindError before
+    anything starts."""
     settings = settings or Settings.from_env()
+    tokens = TokenStore(
+        settings.token, settings.token_file, disabled=settings.insecure_no_auth_on_network
+    )
+    problem = bind_problem(settings.host, tokens)
+    if problem is not None:
+        raise InsecureBindError(problem)
     runtime = Runtime(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
+        security.log_auth_mode(tokens)
+        watcher = asyncio.ensure_future(security.watch_token_file(tokens))
+        remove_sighup = security.on_sighup(tokens)
         try:
-            yield
+            await runtime.start()
+            try:
+                yield
+            finally:
+                await runtime.stop()
         finally:
-            await runtime.stop()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if remove_sighup is not None:
+                remove_sighup()
 
     app = FastAPI(
         title="streamseg",
@@ -40,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.auth = tokens
+    policy = HostPolicy.build(settings.host, settings.allowed_hosts, settings.allowed_origins)
+    security.install(app, policy, settings.allowed_origins)  # outermost: sees every answer
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, object]:
@@ -54,11 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body["model"] = runtime.model.description
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], dependencies=[security.requires("metrics")])
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/info", tags=["ops"])
+    @app.get("/v1/info", tags=["ops"], dependencies=[security.requires("view")])
     async def info(request: Request) -> dict[str, object]:
         model = runtime.model
         return {

@@ -10,7 +10,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Annotated, Any, Protocol, cast
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -34,6 +34,7 @@ from streamseg.protocol.prompts import (
     parse_client_message,
     peek_request_id,
 )
+from streamseg.server.auth import Principal
 from streamseg.server.cameras import (
     CameraStream,
     apply_message,
@@ -42,6 +43,7 @@ from streamseg.server.cameras import (
     stream_metrics,
 )
 from streamseg.server.runtime import Runtime
+from streamseg.server.security import accept_subprotocol, audit, requires
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
@@ -108,19 +110,22 @@ class _Feed:
     camera: CameraStream
     mailbox: LatestSlot[StreamResult]
     encoding: MaskEncoding
+    principal: Principal
     masks: bool = True
     ended: str = "client_closed"
 
 
 @router.websocket("/{stream_id}/masks")
-async def mask_feed(websocket: WebSocket, stream_id: str) -> None:
+async def mask_feed(
+    websocket: WebSocket, stream_id: str, principal: Annotated[Principal, requires("view")]
+) -> None:
     """Per processed frame one binary message (docs/PROTOCOL.md); text messages in are
     prompts, answered with ack/error. Latest-only per client: a slow reader gets fewer,
     fresh messages and never delays anyone else; one that stops reading is dropped."""
     runtime: Runtime = websocket.app.state.runtime
     metrics = stream_metrics(runtime)
     camera = cameras_of(runtime).get(stream_id)
-    await websocket.accept()
+    await websocket.accept(subprotocol=accept_subprotocol(websocket))
     if camera is None:
         metrics.feed_closed.labels("unknown_stream").inc()
         await _refuse(websocket, "unknown_stream", f"no stream {stream_id!r}", CLOSE_UNKNOWN_STREAM)
@@ -141,7 +146,7 @@ async def mask_feed(websocket: WebSocket, stream_id: str) -> None:
         runtime.metrics.count_drop(session.id, "websocket")
 
     # Bound 1, policy `latest`: a newer result replaces an unsent one (counted).
-    feed = _Feed(websocket, runtime, camera, LatestSlot(on_drop=dropped), encoding)
+    feed = _Feed(websocket, runtime, camera, LatestSlot(on_drop=dropped), encoding, principal)
     camera.feeds.add(feed.mailbox)
     remove_sink = session.add_sink(feed.mailbox.put)
     try:
@@ -250,18 +255,27 @@ async def _receive_prompts(feed: _Feed) -> None:
             return
         raw: str | bytes = message.get("text") or message.get("bytes") or b""
         request_id = peek_request_id(raw, limits)
+        action: str | None = None  # set for messages that change state: audited
+        outcome = 200
         try:
             msg = parse_client_message(raw, limits)
             if isinstance(msg, SetOptions):
                 result = _options(feed, msg)
             else:
+                action = type(msg).__name__
+                if not feed.principal.allows("control"):
+                    raise _Forbidden("this token lacks the 'control' scope")
                 result = await apply_message(runtime, feed.camera.session, msg)
-        except (PromptError, TrackerError) as exc:
+        except (PromptError, TrackerError, _Forbidden) as exc:
+            outcome = 403 if isinstance(exc, _Forbidden) else 422
             reply = error_message(exc.code, str(exc), request_id)
         except (WorkerBusyError, WorkerStoppedError) as exc:
+            outcome = 503
             reply = error_message("busy", str(exc), request_id)
         else:
             reply = ack_message(request_id, result)
+        if action is not None:
+            audit(f"websocket {action}", websocket.scope, outcome, token_id=feed.principal.token_id)
         try:
             await asyncio.wait_for(websocket.send_text(reply), SEND_TIMEOUT_S)
         except TimeoutError:
@@ -269,6 +283,12 @@ async def _receive_prompts(feed: _Feed) -> None:
             return
         except (WebSocketDisconnect, RuntimeError):
             return
+
+
+class _Forbidden(Exception):
+    """A prompt, remove or reset from a token without the `control` scope."""
+
+    code = "forbidden"
 
 
 def feed_count(runtime: Runtime) -> int:

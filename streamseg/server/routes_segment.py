@@ -23,6 +23,7 @@ from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
 from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
 from streamseg.server.runtime import Runtime
+from streamseg.server.security import requires
 
 router = APIRouter(prefix="/v1", tags=["segment"])
 MASK_FORMATS = ("png", "rle")
@@ -177,7 +178,7 @@ def _response(
     }
 
 
-@router.post("/segment")
+@router.post("/segment", dependencies=[requires("control", uploads=True)])
 async def segment(request: Request) -> dict[str, Any]:
     """Image (multipart `image` or JSON `image_base64`) + `prompts` -> one mask each."""
     runtime = _runtime(request)
@@ -194,7 +195,7 @@ async def segment(request: Request) -> dict[str, Any]:
     return _response(embedding, masks, decoder_s, fmt, cached=False)
 
 
-@router.post("/images", status_code=201)
+@router.post("/images", status_code=201, dependencies=[requires("control", uploads=True)])
 async def add_image(request: Request) -> dict[str, Any]:
     """Encode an image once; segment it later with /v1/images/{image_id}/segment."""
     runtime = _runtime(request)
@@ -212,7 +213,7 @@ async def add_image(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/images/{image_id}/segment")
+@router.post("/images/{image_id}/segment", dependencies=[requires("control")])
 async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
     runtime = _runtime(request)
     cache, seg = runtime.embeddings, runtime.segmenter
@@ -233,7 +234,7 @@ async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
     return _response(embedding, masks, decoder_s, fmt, cached=True)
 
 
-@router.delete("/images/{image_id}", status_code=204)
+@router.delete("/images/{image_id}", status_code=204, dependencies=[requires("control")])
 async def delete_image(image_id: str, request: Request) -> Response:
     runtime = _runtime(request)
     assert runtime.embeddings is not None

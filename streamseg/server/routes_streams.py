@@ -30,6 +30,7 @@ from streamseg.server.cameras import (
     stream_metrics,
 )
 from streamseg.server.runtime import LimitReachedError, Runtime
+from streamseg.server.security import audit_note, requires
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
@@ -59,7 +60,7 @@ class StreamCreate(BaseModel):
     options: StreamOptions = StreamOptions()
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[requires("admin")])
 async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
     """Start reading a camera: `rtsp://` (`?transport=udp` for UDP), `rtsps://`,
     `http(s)://`, a file path or `/dev/videoN`."""
@@ -103,31 +104,32 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         await close_camera(runtime, session.id)
 
     runtime.closers[session.id] = closer
+    audit_note(request, stream=session.id, url=reader.public_url)
     reader.start()
     return camera.describe()
 
 
-@router.get("")
+@router.get("", dependencies=[requires("view")])
 async def list_streams(request: Request) -> list[dict[str, Any]]:
     runtime: Runtime = request.app.state.runtime
     return [c.describe() for c in cameras_of(runtime).values()]
 
 
-@router.get("/{stream_id}")
+@router.get("/{stream_id}", dependencies=[requires("view")])
 async def get_stream(stream_id: str, request: Request) -> dict[str, Any]:
     """State (connecting, streaming, stalled, reconnecting, error, stopped), rates,
     drops, tracks, frame size, capture clock and the last error."""
     return get_camera(request, stream_id)[1].describe()
 
 
-@router.delete("/{stream_id}", status_code=204)
+@router.delete("/{stream_id}", status_code=204, dependencies=[requires("admin")])
 async def delete_stream(stream_id: str, request: Request) -> Response:
     runtime, _ = get_camera(request, stream_id)
     await close_camera(runtime, stream_id)
     return Response(status_code=204)
 
 
-@router.post("/{stream_id}/prompts")
+@router.post("/{stream_id}/prompts", dependencies=[requires("control")])
 async def prompt_stream(stream_id: str, request: Request) -> dict[str, Any]:
     """Same JSON as the websocket and data-channel messages (`type`: prompt, remove,
     reset); returns what was done (track_id, applied_seq, exact, ...)."""
@@ -144,7 +146,7 @@ async def prompt_stream(stream_id: str, request: Request) -> dict[str, Any]:
         raise HTTPException(503, {"code": "busy", "message": str(exc)}) from None
 
 
-@router.get("/{stream_id}/frame.jpg")
+@router.get("/{stream_id}/frame.jpg", dependencies=[requires("view")])
 async def latest_frame(stream_id: str, request: Request) -> Response:
     """The newest processed frame with overlays, to choose where to click; 409 until
     the first frame is processed."""
