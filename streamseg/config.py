@@ -42,6 +42,18 @@ class Settings:
     # STUN/TURN URLs; none by default so nothing leaves the host unless asked for.
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     web_dir: str | None = None  # default: the repo's web/ next to the package
+    # camera sources (docs/SECURITY.md, "Camera sources"): what POST /v1/streams may open
+    source_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
+    source_media_root: str | None = None  # file sources: off unless set, then only under it
+    source_devices: tuple[str, ...] = ()  # V4L2 devices allowed, e.g. /dev/video0
+    source_allow_hosts: tuple[str, ...] = ()  # names / CIDRs; when set, only these
+    source_deny_hosts: tuple[str, ...] = ()  # names / CIDRs, on top of the built-in denials
+    source_allow_loopback: bool = False  # 127.0.0.0/8, ::1 (the server's own host)
+    source_allow_private: bool = True  # 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7
+    source_allow_public: bool = True
+    source_formats: tuple[str, ...] = ()  # FFmpeg demuxers; empty: the video defaults
+    source_allow_images: bool = False  # image demuxers (png_pipe, image2, mjpeg, ...)
+    source_ca_file: str | None = None  # CA bundle for https/rtsps; default: the system's
     # access control (docs/SECURITY.md). `token`: one token with every scope, id `env`;
     # from STREAMSEG_TOKEN, never a flag (argv is visible to every local user).
     token: str | None = field(default=None, repr=False)

@@ -39,6 +39,7 @@ class StreamCounters:
     dropped: int = 0
     errors: int = 0
     last_error: str | None = None
+    last_error_ts: float | None = None  # so a reader can tell an old error from a current one
     last_result_ts: float | None = None
 
 
@@ -95,6 +96,7 @@ class StreamSession:
         with self._lock:
             self.counters.errors += 1
             self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            self.counters.last_error_ts = time.time()
 
     def deliver(self, out: StreamResult) -> None:
         """Called on the inference thread; hands the result to the event loop."""

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streamseg.media.slot import LatestSlot
-from streamseg.media.sources import SourceReader, SourceState
+from streamseg.media.sources import ErrorRecord, SourceReader, SourceState
 from streamseg.pipeline.commands import apply_to_tracker
 from streamseg.pipeline.stream import StreamResult, StreamSession
 from streamseg.pipeline.worker import WorkerStoppedError
@@ -89,6 +89,34 @@ class CameraStream:
         span = max(min(RATE_WINDOW_S, now - self.created), 1e-3)  # a young stream
         return fps_in / span, fps_out / span
 
+    def pipeline_error(self) -> ErrorRecord | None:
+        """The inference side's latest error (a frame the tracker refused, ...)."""
+        c = self.session.counters
+        if c.last_error is None or c.last_error_ts is None:
+            return None
+        kind, _, message = c.last_error.partition(": ")
+        return ErrorRecord(kind, message or kind, c.last_error_ts, c.errors)
+
+    def errors(self) -> dict[str, Any]:
+        """Each side's latest error with its time and count; `recovered` once a frame
+        was received (source) or processed (pipeline) after it."""
+        source, pipeline = self.reader.error, self.pipeline_error()
+        last_result = self.session.counters.last_result_ts
+        return {
+            "source": None if source is None else source.describe(self.reader.last_frame_ts),
+            "pipeline": None if pipeline is None else pipeline.describe(last_result),
+        }
+
+    def current_error(self) -> str | None:
+        """The error still in effect, None once the stream has recovered from it."""
+        if self.reader.last_error is not None:
+            return self.reader.last_error
+        pipeline = self.pipeline_error()
+        last_result = self.session.counters.last_result_ts
+        if pipeline is None or (last_result is not None and last_result >= pipeline.at):
+            return None
+        return pipeline.text
+
     def describe(self) -> dict[str, Any]:
         c = self.session.counters
         r = self.reader
@@ -115,7 +143,8 @@ class CameraStream:
             "capture_clock": r.last_capture_source,
             "capture_lag_ms": None if lag is None else round(lag * 1000, 1),
             "last_frame_ts": r.last_frame_ts,
-            "last_error": r.last_error or c.last_error,
+            "last_error": self.current_error(),
+            "errors": self.errors(),
             "created": self.created,
         }
 

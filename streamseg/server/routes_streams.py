@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamseg.media.frame import Frame
 from streamseg.media.overlay import draw_overlay
-from streamseg.media.sources import SourceError, SourceOptions, SourceReader, classify
+from streamseg.media.source_policy import policy_from_settings
+from streamseg.media.sources import SourceError, SourceOptions, SourceReader, vet_source
 from streamseg.model.errors import TrackerError
 from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
 from streamseg.protocol.prompts import (
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     transport: Literal["tcp", "udp"] = Field(
         default="tcp", description="RTSP transport; `?transport=udp` in the URL wins"
@@ -50,6 +51,11 @@ class StreamOptions(BaseModel):
     open_timeout_s: float = Field(default=3.0, gt=0, le=60)
     read_timeout_s: float = Field(default=3.0, gt=0, le=60)
     backoff_max_s: float = Field(default=10.0, ge=0.5, le=300, description="longest reconnect wait")
+    tls_verify: bool = Field(
+        default=True,
+        description="https/rtsps: verify the certificate and host name; false accepts any "
+        "certificate for this stream (anyone on the path can then impersonate the camera)",
+    )
 
 
 class StreamCreate(BaseModel):
@@ -63,16 +69,19 @@ class StreamCreate(BaseModel):
 @router.post("", status_code=201, dependencies=[requires("admin")])
 async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
     """Start reading a camera: `rtsp://` (`?transport=udp` for UDP), `rtsps://`,
-    `http(s)://`, a file path or `/dev/videoN`."""
+    `http(s)://`, a file under the media root or a configured `/dev/videoN`, as the
+    source policy allows (docs/SECURITY.md); 422 `bad_url` with a `reason` otherwise."""
     runtime: Runtime = request.app.state.runtime
     stream_metrics(runtime)
+    policy = policy_from_settings(runtime.settings)
     try:
-        kind = classify(body.url)
+        parsed = await vet_source(body.url, policy)
     except SourceError as exc:
         runtime.metrics.requests_rejected.labels("bad_url").inc()
-        raise HTTPException(422, {"code": "bad_url", "message": str(exc)}) from None
+        detail = {"code": "bad_url", "reason": exc.reason.value, "message": str(exc)}
+        raise HTTPException(422, detail) from None
     try:
-        session = runtime.open_stream(kind)
+        session = runtime.open_stream(parsed.kind)
     except LimitReachedError as exc:
         runtime.metrics.requests_rejected.labels("max_streams").inc()
         raise HTTPException(429, {"code": "limit", "message": str(exc)}) from None
@@ -85,6 +94,7 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         open_timeout_s=o.open_timeout_s,
         read_timeout_s=o.read_timeout_s,
         backoff_max_s=o.backoff_max_s,
+        tls_verify=o.tls_verify,
     )
     camera: CameraStream
 
@@ -95,7 +105,7 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         camera.on_frame_in()
         session.submit_frame(frame)
 
-    reader = SourceReader(body.url, sink, options, on_decode=decoded)
+    reader = SourceReader(body.url, sink, options, on_decode=decoded, policy=policy)
     camera = CameraStream(session, reader, body.name)
     session.add_sink(camera.on_result)
     cameras_of(runtime)[session.id] = camera

@@ -18,6 +18,7 @@ from streamseg.media.frame import Frame
 from streamseg.media.sources import (
     SourceError,
     SourceOptions,
+    SourcePolicy,
     SourceReader,
     SourceState,
     classify,
@@ -30,6 +31,11 @@ from streamseg.media.synthetic import write_h264
 def _clip(path: Path, frames: int = 10) -> Path:
     write_h264(str(path), 64, 48, frames)
     return path
+
+
+def _trusting(root: Path) -> SourcePolicy:
+    """Files under `root` and the loopback test servers allowed, as a test server is."""
+    return SourcePolicy(media_root=str(root), allow_loopback=True)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -83,13 +89,14 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 def test_classify(tmp_path: Path) -> None:
     clip = _clip(tmp_path / "a.mp4")
-    assert classify(str(clip)) == "file"
-    assert classify(f"file://{clip}") == "file"
+    policy = SourcePolicy(media_root=str(tmp_path), devices=("/dev/video0",))
+    assert classify(str(clip), policy) == "file"
+    assert classify(f"file://{clip}", policy) == "file"
     assert classify("rtsp://cam/live") == "rtsp"
     assert classify("rtsps://user:pw@cam:322/live?transport=udp") == "rtsp"
     assert classify("https://cam/stream.m3u8") == "http"
-    assert classify("/dev/video0") == "v4l2"
-    for bad in ("ftp://x/y", "/no/such.mp4", "rtsp:///path", "rtsp://cam:99999/x", "x.mp4"):
+    assert classify("/dev/video0", policy) == "v4l2"
+    for bad in ("ftp://x/y", "rtsp:///path", "rtsp://cam:99999/x", "x.mp4", "/dev/video0"):
         with pytest.raises(SourceError):
             classify(bad)
     with pytest.raises(SourceError, match="tcp or udp"):
@@ -121,7 +128,10 @@ def test_file_plays_paced_then_stops(tmp_path: Path) -> None:
     frames: list[Frame] = []
     decode_times: list[float] = []
     reader = SourceReader(
-        str(_clip(tmp_path / "a.mp4")), frames.append, on_decode=decode_times.append
+        str(_clip(tmp_path / "a.mp4")),
+        frames.append,
+        on_decode=decode_times.append,
+        policy=_trusting(tmp_path),
     )
     start = time.time()
     reader.start()
@@ -135,7 +145,10 @@ def test_file_plays_paced_then_stops(tmp_path: Path) -> None:
 def test_file_loops_until_stopped(tmp_path: Path) -> None:
     frames: list[Frame] = []
     reader = SourceReader(
-        str(_clip(tmp_path / "a.mp4")), frames.append, SourceOptions(loop=True, realtime=False)
+        str(_clip(tmp_path / "a.mp4")),
+        frames.append,
+        SourceOptions(loop=True, realtime=False),
+        policy=_trusting(tmp_path),
     )
     reader.start()
     _wait(lambda: len(frames) > 35)
@@ -147,7 +160,10 @@ def test_file_loops_until_stopped(tmp_path: Path) -> None:
 
 def test_unreachable_rtsp_backs_off(tmp_path: Path) -> None:
     reader = SourceReader(
-        "rtsp://127.0.0.1:9/none", lambda f: None, SourceOptions(open_timeout_s=1)
+        "rtsp://127.0.0.1:9/none",
+        lambda f: None,
+        SourceOptions(open_timeout_s=1),
+        policy=_trusting(tmp_path),
     )
     reader.start()
     _wait(lambda: reader.reconnects >= 2)
@@ -158,10 +174,10 @@ def test_unreachable_rtsp_backs_off(tmp_path: Path) -> None:
 def test_unusable_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video" * 100)
-    reader = SourceReader(str(garbage), lambda f: None)
+    reader = SourceReader(str(garbage), lambda f: None, policy=_trusting(tmp_path))
     reader.start()
     _wait(lambda: reader.state is SourceState.ERROR)
-    assert reader.last_error and "InvalidData" in reader.last_error
+    assert reader.last_error and reader.last_error.startswith("invalid_data:")
     started = time.time()
     assert reader.stop(2)  # waiting out the long backoff does not delay a stop
     assert time.time() - started < 0.5
@@ -169,10 +185,11 @@ def test_unusable_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
 
 def test_frozen_server_times_out_and_stop_is_prompt(silent_server: int) -> None:
     options = SourceOptions(open_timeout_s=1, read_timeout_s=1, backoff_initial_s=0.1)
-    reader = SourceReader(f"rtsp://127.0.0.1:{silent_server}/live", lambda f: None, options)
+    url = f"rtsp://127.0.0.1:{silent_server}/live"
+    reader = SourceReader(url, lambda f: None, options, policy=_trusting(Path("/nonexistent")))
     reader.start()
     _wait(lambda: reader.reconnects >= 1, timeout=6)
-    assert reader.last_error and reader.last_error.startswith("timed out")
+    assert reader.last_error and reader.last_error.startswith("timeout:")
     assert reader.state in (SourceState.RECONNECTING, SourceState.CONNECTING)  # not "error"
     reader.request_stop()
     started = time.time()
@@ -186,15 +203,15 @@ def test_http_stream_plays_and_reconnects_at_its_end(http_root: tuple[str, Path]
     write_h264(str(root / "live.ts"), 64, 48, 10)
     frames: list[Frame] = []
     options = SourceOptions(backoff_initial_s=0.05, backoff_max_s=0.2)
-    reader = SourceReader(f"{base}/live.ts", frames.append, options)
+    reader = SourceReader(f"{base}/live.ts", frames.append, options, policy=_trusting(root))
     assert reader.kind == "http"
     reader.start()
     _wait(lambda: len(frames) >= 20)  # the server's end of stream is a disconnect
     assert reader.reconnects >= 1 and [f.seq for f in frames[:20]] == list(range(20))
     assert reader.stop(2)
 
-    missing = SourceReader(f"{base}/nothing.ts", lambda f: None, options)
+    missing = SourceReader(f"{base}/nothing.ts", lambda f: None, options, policy=_trusting(root))
     missing.start()
     _wait(lambda: missing.state is SourceState.ERROR)
-    assert missing.last_error and "404" in missing.last_error
+    assert missing.last_error and missing.last_error.startswith("not_found:")
     assert missing.stop(2)
