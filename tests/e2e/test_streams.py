@@ -21,14 +21,20 @@ from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.server.background import free_port, running_server
 from streamseg.server.routes_masks import feed_count
 from streamseg.server.runtime import Runtime
+from tests.auth_helpers import AUTH
 from tests.e2e.rtsp_server import RtspTestServer
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, Runtime]]:
-    with running_server(max_streams=8) as running:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Runtime]]:
+    # The test cameras live on loopback and the clips in pytest's temporary folders:
+    # both are refused by default, so allowed here explicitly.
+    root = str(tmp_path_factory.getbasetemp())
+    with running_server(
+        max_streams=8, source_allow_loopback=True, source_media_root=root
+    ) as running:
         yield running
 
 
@@ -65,7 +71,7 @@ async def _take(results: AsyncIterator[Result], count: int, timeout: float = 20)
 
 
 def _metric(url: str, name: str, **labels: str) -> float | None:
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", headers=AUTH).text
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
@@ -187,7 +193,8 @@ async def test_camera_drops_freezes_and_comes_back(server: tuple[str, Runtime]) 
         stalled = time.time() - frozen
         assert stalled < 3
         info = await _state(client, sid, "reconnecting", 15)
-        assert info["last_error"].startswith("timed out")
+        assert info["last_error"].startswith("timeout:")
+        assert info["errors"]["source"]["reason"] == "timeout"
         print(
             f"rtsp: frozen camera reported stalled after {stalled:.2f} s, reconnecting "
             f"after {time.time() - frozen:.2f} s ({info['last_error']})"
@@ -220,10 +227,14 @@ async def test_a_stalled_reader_never_delays_another(server: tuple[str, Runtime]
         for box in shape_boxes(0, 480, 640):  # three big masks: ~115 KB per message
             await client.add_prompt(sid, box=list(box))
         ws_url = client.ws_url(sid, "bitpack")
-        async with websockets.connect(ws_url, compression=None, max_queue=1) as stalled:
+        async with websockets.connect(
+            ws_url, additional_headers=AUTH, compression=None, max_queue=1
+        ) as stalled:
             await stalled.recv()  # hello, then never read again
             arrivals: list[float] = []
-            async with websockets.connect(ws_url, compression=None) as reader:
+            async with websockets.connect(
+                ws_url, additional_headers=AUTH, compression=None
+            ) as reader:
                 await reader.recv()
                 assert feed_count(runtime) == 2
                 end = time.time() + 8
@@ -264,11 +275,11 @@ async def test_a_stalled_reader_never_delays_another(server: tuple[str, Runtime]
 )
 def test_bad_stream_urls(server: tuple[str, Runtime], body: dict[str, Any], code: str) -> None:
     url, _ = server
-    r = httpx.post(f"{url}/v1/streams", json=body)
+    r = httpx.post(f"{url}/v1/streams", json=body, headers=AUTH)
     assert r.status_code == 422 and r.json()["detail"]["code"] == code
-    assert httpx.post(f"{url}/v1/streams", json={"nope": 1}).status_code == 422
+    assert httpx.post(f"{url}/v1/streams", json={"nope": 1}, headers=AUTH).status_code == 422
     typo = {"url": "rtsp://cam/live", "options": {"stall_timeout": 3}}
-    assert httpx.post(f"{url}/v1/streams", json=typo).status_code == 422
+    assert httpx.post(f"{url}/v1/streams", json=typo, headers=AUTH).status_code == 422
 
 
 async def test_unreachable_unsupported_and_broken_sources(
@@ -288,13 +299,13 @@ async def test_unreachable_unsupported_and_broken_sources(
         broken = (await client.create_stream(str(garbage)))["id"]
         sids += [dead, odd, broken]
         info = await _state(client, dead, "reconnecting", 15)
-        assert "Connection refused" in info["last_error"], info
-        r = httpx.get(f"{url}/v1/streams/{dead}/frame.jpg")
+        assert info["last_error"].startswith("refused:"), info
+        r = httpx.get(f"{url}/v1/streams/{dead}/frame.jpg", headers=AUTH)
         assert r.status_code == 409 and r.json()["detail"]["code"] == "no_frame_yet"
         info = await _state(client, odd, "error", 15)
-        assert "decoder" in info["last_error"], info
+        assert info["last_error"].startswith("unsupported:") and "decoder" in info["last_error"]
         info = await _state(client, broken, "error", 15)
-        assert "InvalidData" in info["last_error"], info
+        assert info["last_error"].startswith("invalid_data:"), info
         assert (await client.get_stream(good))["state"] == "streaming"
         assert await _take(client.results(good), 3)
         assert _metric(url, "streamseg_source_state", stream=odd, state="error") == 1.0
@@ -316,12 +327,13 @@ async def test_unknown_ids_and_bad_socket_messages(
         ("GET", "/v1/streams/zz/frame.jpg"),
     ]
     for method, path in unknown:
-        r = httpx.request(method, f"{url}{path}")
+        headers = {**AUTH, "content-type": "application/json"}
+        r = httpx.request(method, f"{url}{path}", headers=headers)
         assert r.status_code == 404 and r.json()["detail"]["code"] == "unknown_stream"
     client = StreamsegClient(url)
     with pytest.raises(StreamNotFoundError):
         await _take(client.results("zz"), 1)
-    async with websockets.connect(client.ws_url("zz")) as ws:
+    async with websockets.connect(client.ws_url("zz"), additional_headers=AUTH) as ws:
         assert json.loads(await ws.recv())["code"] == "unknown_stream"
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
@@ -329,11 +341,13 @@ async def test_unknown_ids_and_bad_socket_messages(
 
     sid = (await client.create_stream(rtsp.url))["id"]
     await _state(client, sid, "streaming", 20)
-    async with websockets.connect(client.ws_url(sid, "jpeg")) as ws:
+    async with websockets.connect(client.ws_url(sid, "jpeg"), additional_headers=AUTH) as ws:
         assert json.loads(await ws.recv())["code"] == "bad_encoding"
         with pytest.raises(ConnectionClosed):
             await ws.recv()
-    async with websockets.connect(client.ws_url(sid), compression=None) as ws:
+    async with websockets.connect(
+        client.ws_url(sid), additional_headers=AUTH, compression=None
+    ) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello" and hello["stream_id"] == sid
         cases: list[tuple[str | bytes, str]] = [
@@ -357,9 +371,11 @@ async def test_unknown_ids_and_bad_socket_messages(
         while isinstance(frame, str):
             frame = await asyncio.wait_for(ws.recv(), 10)
         assert b'"mask"' not in frame
-    r = httpx.post(f"{url}/v1/streams/{sid}/prompts", json={"type": "prompt"})
+    r = httpx.post(f"{url}/v1/streams/{sid}/prompts", json={"type": "prompt"}, headers=AUTH)
     assert r.status_code == 422 and r.json()["detail"]["code"] == "empty_prompt"
-    r = httpx.post(f"{url}/v1/streams/{sid}/prompts", json={"type": "remove", "track_id": 9})
+    r = httpx.post(
+        f"{url}/v1/streams/{sid}/prompts", json={"type": "remove", "track_id": 9}, headers=AUTH
+    )
     assert r.status_code == 404 and r.json()["detail"]["code"] == "unknown_track"
     assert (await client.get_stream(sid))["state"] == "streaming"
     await client.delete_stream(sid)
