@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 from streamseg.media.synthetic import moving_scene
+from tests.auth_helpers import TOKEN
+
+# Authentication is on in every test server: servers and clients read this token.
+os.environ["STREAMSEG_TOKEN"] = TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CONFIG = REPO / "streamseg" / "model" / "configs" / "sam2.1_hiera_test.yaml"

@@ -281,8 +281,8 @@ def install(app: FastAPI, policy: HostPolicy, cors_origins: tuple[str, ...]) -> 
 
 async def watch_token_file(store: TokenStore, interval_s: float = TOKEN_TAKES_EFFECT_S) -> None:
     """Poll the token file's mtime/size/inode off the loop; changes apply within
-    `interval_s`, without a restart."""
-    while True:
+    `interval_s`, without a restart. Returns at once when there is no file."""
+    while store.token_file is not None:
         await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(store.reload_if_changed)

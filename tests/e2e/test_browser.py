@@ -22,7 +22,7 @@ from streamseg.bench.browser import camera_clip, launch
 from streamseg.media.overlay import track_colour
 from streamseg.media.synthetic import write_y4m
 from streamseg.protocol.masks import rle_decode
-from streamseg.server.background import running_server
+from streamseg.server.background import running_server, server_token
 from streamseg.server.runtime import Runtime
 
 pytestmark = [
@@ -92,7 +92,7 @@ def _tint_consistent(snapshot: dict, frames: list[np.ndarray], track_id: int | N
 
 
 async def test_demo_tracks_a_clicked_object(server: tuple[str, Runtime], tmp_path: Path) -> None:
-    url, _ = server
+    url, runtime = server
     frames = camera_clip(count=CLIP_FRAMES)
     clip = tmp_path / "camera.y4m"
     write_y4m(str(clip), frames)
@@ -102,7 +102,8 @@ async def test_demo_tracks_a_clicked_object(server: tuple[str, Runtime], tmp_pat
         page = await browser.new_page(viewport={"width": 1100, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        await page.goto(f"{url}/?probe&masks")
+        # As `streamseg serve` prints it: the token in the fragment, never sent to the server.
+        await page.goto(f"{url}/?probe&masks#token={server_token(runtime)}")
         await page.click("#connect")
         await _until(page, "window.streamseg.connected && window.streamseg.framesShown > 10")
 

@@ -15,6 +15,7 @@ from streamseg.client_webrtc import SyntheticVideoTrack, WebRTCClient
 from streamseg.media.synthetic import scene_frame, shape_boxes
 from streamseg.server.background import running_server
 from streamseg.server.runtime import Runtime
+from tests.auth_helpers import AUTH
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,7 @@ async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[n
 
 
 def _metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", headers=AUTH).text
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
@@ -136,10 +137,12 @@ async def test_bad_data_channel_messages_get_errors(server: tuple[str, Runtime])
 )
 def test_bad_offers(server: tuple[str, Runtime], body: dict, status: int, reason: str) -> None:
     url, _ = server
-    response = httpx.post(f"{url}/v1/webrtc/offer", json=body)
+    response = httpx.post(f"{url}/v1/webrtc/offer", json=body, headers=AUTH)
     assert response.status_code == status
     assert re.search(reason, response.text)
-    assert httpx.post(f"{url}/v1/webrtc/offer", content=b"{nope").status_code == 422
+    json_type = {**AUTH, "content-type": "application/json"}
+    broken = httpx.post(f"{url}/v1/webrtc/offer", content=b"{nope", headers=json_type)
+    assert broken.status_code == 422
 
 
 async def test_offer_without_video_is_refused(server: tuple[str, Runtime]) -> None:
@@ -149,7 +152,7 @@ async def test_offer_without_video_is_refused(server: tuple[str, Runtime]) -> No
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.createDataChannel("streamseg")
     await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=AUTH) as http:
         response = await http.post(
             f"{url}/v1/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}
         )

@@ -17,6 +17,7 @@ from streamseg.media.synthetic import scene_frame
 from streamseg.model.segmenter import ImagePrompt
 from streamseg.protocol.masks import MaskEncoding, decode_mask, rle_decode
 from streamseg.server.app import create_app
+from tests.auth_helpers import AUTH, TOKEN
 
 IMAGE = scene_frame(3, 96, 128)
 
@@ -35,8 +36,9 @@ def client() -> Iterator[TestClient]:
         max_upload_bytes=200_000,
         max_frame_side=1024,
         max_prompts_per_request=4,
+        token=TOKEN,
     )
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", headers=AUTH) as c:
         yield c
 
 
