@@ -72,8 +72,15 @@ class ImageFeatures:
         return int(self.embed.shape[0])
 
     def select(self, index: int) -> ImageFeatures:
+        """One image's features as compact tensors: a view would keep the whole batch
+        alive for as long as a stream's history holds the frame."""
         sl = slice(index, index + 1)
-        return ImageFeatures(self.high_res_0[sl], self.high_res_1[sl], self.embed[sl], self.pos)
+        return ImageFeatures(
+            _compact(self.high_res_0[sl]),
+            _compact(self.high_res_1[sl]),
+            _compact(self.embed[sl]),
+            _compact(self.pos[:1]),
+        )
 
     def expand(self, batch: int) -> ImageFeatures:
         """View one image's features as a batch of `batch` tracks (no copy)."""
@@ -89,6 +96,13 @@ class ImageFeatures:
         return sum(
             t.element_size() * t.nelement() for t in (self.high_res_0, self.high_res_1, self.embed)
         )
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when it owns its storage, else a copy holding only its elements."""
+    if t.untyped_storage().nbytes() == t.element_size() * t.nelement() and t.is_contiguous():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,5 +28,9 @@ class TooManyTracksError(TrackerError):
     code = "too_many_tracks"
 
 
+class TooManyPointsError(InvalidPromptError):
+    code = "too_many_points"
+
+
 class NoFrameYetError(TrackerError):
     code = "no_frame_yet"

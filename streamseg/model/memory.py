@@ -101,18 +101,23 @@ class TrackMemory:
             self.recent = deque(kept, maxlen=self.recent.maxlen)
 
     def layout(self, frame_idx: int) -> MemoryLayout:
-        """Select memories for tracking `frame_idx`, mirroring SAM 2's rules:
-        conditioning frames with t_pos 0, the last num_maskmem-1 frames by distance,
-        pointers from conditioning frames plus the last max_obj_ptrs-1 frames."""
-        past_cond = sorted(t for t in self.cond if t < frame_idx)
-        memories: list[tuple[int, MemoryEntry]] = [(0, self.cond[t]) for t in past_cond]
+        """Select memories for `frame_idx` by SAM 2's rules (`max_cond_frames_in_attn`
+        -1): every conditioning frame with t_pos 0, even the frame itself or a later one
+        (a refined frame attends to its own earlier prompt output; frames re-tracked after
+        a rollback see a prompt made further on); the last num_maskmem-1 tracked frames by
+        distance; pointers from conditioning frames up to `frame_idx` plus the last
+        max_obj_ptrs-1 tracked frames."""
+        cond = sorted(self.cond)
+        memories: list[tuple[int, MemoryEntry]] = [(0, self.cond[t]) for t in cond]
         by_idx = {e.frame_idx: e for e in self.recent if e.frame_idx < frame_idx}
         num_maskmem = self.geometry.num_maskmem
         for t_pos in range(1, num_maskmem):
             entry = by_idx.get(frame_idx - (num_maskmem - t_pos))
             if entry is not None and entry.maskmem is not None:
                 memories.append((t_pos, entry))
-        pointers: list[tuple[int, MemoryEntry]] = [(frame_idx - t, self.cond[t]) for t in past_cond]
+        pointers: list[tuple[int, MemoryEntry]] = [
+            (frame_idx - t, self.cond[t]) for t in cond if t <= frame_idx
+        ]
         for t_diff in range(1, self.geometry.max_obj_ptrs):
             t = frame_idx - t_diff
             if t < 0:

@@ -14,7 +14,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from streamseg.model.errors import (
     InvalidFrameError,
     InvalidPromptError,
     NoFrameYetError,
+    TooManyPointsError,
     TooManyTracksError,
     UnknownTrackError,
 )
@@ -47,12 +48,17 @@ class TrackerSettings:
     # memory as a conditioning frame instead of fading out after num_maskmem frames.
     corrections_as_cond: bool = True
     max_frame_side: int = 8192
+    # Points a track may accumulate on one frame (`clear_old_points=False`); each prompt
+    # costs time on the one inference thread every stream shares.
+    max_points_per_frame: int = 64
     # CUDA only: run the graphs under autocast with this dtype ("bfloat16"/"float16").
     autocast_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_tracks < 1 or self.max_cond_frames < 1 or self.history < 1:
-            raise ValueError("max_tracks, max_cond_frames and history must be >= 1")
+        if min(self.max_tracks, self.max_cond_frames, self.history, self.max_points_per_frame) < 1:
+            raise ValueError(
+                "max_tracks, max_cond_frames, history and max_points_per_frame must be >= 1"
+            )
         if self.autocast_dtype not in (None, "bfloat16", "float16"):
             raise ValueError("autocast_dtype must be None, 'bfloat16' or 'float16'")
 
@@ -129,10 +135,19 @@ class _FrameRecord:
 class _Track:
     track_id: int
     memory: TrackMemory
-    init_pending_at: int | None = None  # prompted frame not yet followed by a step
-    points_at: int | None = None
-    points: tuple[torch.Tensor, torch.Tensor] | None = None  # model coords [1,P,2], labels [1,P]
+    # Meta's predictor keeps a prompt's output apart until it next propagates: later
+    # prompts neither attend to it nor count its frame as tracked. While a prompt on the
+    # newest frame waits for the next step, this is the memory as of the last step.
+    committed: TrackMemory | None = None
+    # Accumulated prompt points per frame (model coords [1,P,2], labels [1,P]), as Meta
+    # keeps them, for frames still in the history.
+    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     last: TrackResult | None = None
+
+    @property
+    def tracked(self) -> TrackMemory:
+        """The memory later prompts see (Meta's consolidated outputs)."""
+        return self.memory if self.committed is None else self.committed
 
 
 class StageClock:
@@ -182,6 +197,9 @@ class StreamTracker:
         self._ptr_splits = geo.hidden_dim // geo.mem_dim
         self._t_diff_max = geo.max_obj_ptrs - 1
         self._maskmem_pos: torch.Tensor | None = None  # [hw, Cm], the same for every memory
+        # (first seq, width, height) of each run of equal frame sizes, so a prompt naming a
+        # frame that left the history is rescaled from that frame's size.
+        self._sizes: deque[tuple[int, int, int]] = deque(maxlen=64)
 
     # ---- public API -----------------------------------------------------------------
 
@@ -264,14 +282,22 @@ class StreamTracker:
         if isinstance(track_id, bool) or not isinstance(track_id, int) or track_id < 0:
             raise InvalidPromptError(f"track_id must be a non-negative int, got {track_id!r}")
         record, exact = self._prompt_frame(frame_seq)
-        coords, point_labels = prompt_tensors(points, labels, box, record.width, record.height)
+        named_w, named_h = (
+            (record.width, record.height) if exact else self._size_at(frame_seq, record)
+        )
+        coords, point_labels = prompt_tensors(points, labels, box, named_w, named_h)
+        if box is not None and not clear_old_points:
+            raise InvalidPromptError(
+                "a box must come before any points on a frame, so it cannot be added to "
+                "earlier points: send it with clear_old_points true"
+            )
         track = self._tracks.get(track_id)
         if track is None and len(self._tracks) >= self.settings.max_tracks:
             raise TooManyTracksError(f"at most {self.settings.max_tracks} tracks per stream")
 
-        scale = torch.tensor(
-            [self._geo.image_size / record.width, self._geo.image_size / record.height]
-        )
+        # The model sees every frame resized to S x S, so coordinates scaled from the named
+        # frame's size land at the same relative place on the frame they are applied to.
+        scale = torch.tensor([self._geo.image_size / named_w, self._geo.image_size / named_h])
         model_coords = (coords * scale)[None].to(self._device)
         model_labels = point_labels[None].to(self._device)
         with self._inference():
@@ -285,6 +311,11 @@ class StreamTracker:
                     (entry,) = self._track_frame(later, [new_track], clock)
                     new_track.last = self._results(later, [(track_id, entry)])[0]
                     caught_up += 1
+        if caught_up:
+            # Re-tracking up to the newest frame is Meta's propagation: every track's
+            # pending prompt outputs are committed by it.
+            for other in self._tracks.values():
+                other.committed = None
         self._tracks[track_id] = new_track
         assert new_track.last is not None
         return PromptOutcome(
@@ -296,6 +327,17 @@ class StreamTracker:
             caught_up_frames=caught_up,
             result=new_track.last,
         )
+
+    def next_track_id(self, max_id: int) -> int:
+        """An id for a new track: one past the highest in use, or the lowest free one
+        when that would pass `max_id` (ids stay within what the protocol can name)."""
+        candidate = max(self._tracks, default=0) + 1
+        if candidate <= max_id:
+            return candidate
+        free = next((i for i in range(1, max_id + 1) if i not in self._tracks), None)
+        if free is None:
+            raise TooManyTracksError(f"no free track id up to {max_id}")
+        return free
 
     def remove_track(self, track_id: int) -> None:
         if track_id not in self._tracks:
@@ -332,6 +374,15 @@ class StreamTracker:
                 return record, True
         return newest, False
 
+    def _size_at(self, seq: int | None, newest: _FrameRecord) -> tuple[int, int]:
+        """Width and height of frame `seq`, which is no longer in the history."""
+        if seq is None or seq > newest.seq or not self._sizes:
+            return newest.width, newest.height
+        for first_seq, width, height in reversed(self._sizes):
+            if first_seq <= seq:
+                return width, height
+        return self._sizes[0][1], self._sizes[0][2]
+
     def _step_features(
         self, features: ImageFeatures, seq: int, width: int, height: int, times: StageTimes
     ) -> FrameResult:
@@ -339,6 +390,8 @@ class StreamTracker:
         self._history.append(record)
         self._next_frame_idx += 1
         self._last_seq = seq
+        if not self._sizes or self._sizes[-1][1:] != (width, height):
+            self._sizes.append((seq, width, height))
         tracks = [self._tracks[k] for k in sorted(self._tracks)]
         clock = StageClock(times, self._device)
         outputs = self._track_frame(record, tracks, clock) if tracks else []
@@ -347,10 +400,15 @@ class StreamTracker:
                 record, [(t.track_id, e) for t, e in zip(tracks, outputs, strict=True)]
             )
         clock.resolve()
+        oldest = self._history[0].frame_idx
         for track, result in zip(tracks, results, strict=True):
             track.last = result
-            track.init_pending_at = None
+            track.committed = None
+            track.points = {f: p for f, p in track.points.items() if f >= oldest}
         return FrameResult(seq, record.frame_idx, width, height, tuple(results), times)
+
+    def _new_memory(self) -> TrackMemory:
+        return TrackMemory(self._geo, self.settings.max_cond_frames, self.settings.history)
 
     def _apply_prompt(
         self,
@@ -361,30 +419,38 @@ class StreamTracker:
         labels: torch.Tensor,
         clear_old_points: bool,
     ) -> _Track:
+        """Meta's `add_new_points_or_box` on one frame: an initial conditioning frame when
+        the track has not been tracked there, else a correction that attends to the
+        track's committed memory and refines the frame's newest output."""
         f = record.frame_idx
-        memory = (
-            track.memory.clone()
-            if track is not None
-            else TrackMemory(self._geo, self.settings.max_cond_frames, self.settings.history)
-        )
+        if track is None:
+            tracked, memory, points = self._new_memory(), self._new_memory(), {}
+        else:
+            tracked, memory, points = track.tracked, track.memory.clone(), dict(track.points)
+        if not clear_old_points and f in points:
+            coords = torch.cat([points[f][0], coords], dim=1)
+            labels = torch.cat([points[f][1], labels], dim=1)
+        num_points = int(labels.shape[1])
+        limit = self.settings.max_points_per_frame
+        if num_points > limit:
+            raise TooManyPointsError(
+                f"track {track_id} would have {num_points} points on this frame; at most "
+                f"{limit}: send the prompt with clear_old_points true to start over"
+            )
         previous = memory.entry_at(f)
-        is_init = previous is None or (track is not None and track.init_pending_at == f)
-        if not clear_old_points and track is not None and track.points_at == f and track.points:
-            coords = torch.cat([track.points[0], coords], dim=1)
-            labels = torch.cat([track.points[1], labels], dim=1)
+        is_init = tracked.entry_at(f) is None
         prev_logits = None
         if previous is not None and previous.low_res_logits is not None:
             prev_logits = (
                 previous.low_res_logits[None].float().clamp(-PREV_LOGITS_CLAMP, PREV_LOGITS_CLAMP)
             )
-        memory.rollback(f)
-        memory.discard(f)
         feats = record.features
-        num_points = int(labels.shape[1])
         if is_init:
             pix = feats.embed + self.graphs.no_memory_embedding().permute(0, 2, 1)[..., None]
         else:
-            pix = self._attend([memory.layout(f)], feats)
+            pix = self._attend([tracked.layout(f)], feats)
+        memory.rollback(f)
+        memory.discard(f)
         dec = self.graphs.decode(
             pix,
             (feats.high_res_0, feats.high_res_1),
@@ -398,12 +464,13 @@ class StreamTracker:
             memory.add_cond(entry)
         else:
             memory.add_recent(entry)
+        points[f] = (coords, labels)
+        oldest = self._history[0].frame_idx
         new_track = _Track(
             track_id=track_id,
             memory=memory,
-            init_pending_at=f if (is_init and f == self._history[-1].frame_idx) else None,
-            points_at=f,
-            points=(coords, labels),
+            committed=tracked if f == self._history[-1].frame_idx else None,
+            points={k: v for k, v in points.items() if k >= oldest},
         )
         new_track.last = self._results(record, [(track_id, entry)])[0]
         return new_track

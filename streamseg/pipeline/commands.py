@@ -7,7 +7,13 @@ from typing import Any
 
 from streamseg.pipeline.stream import StreamSession
 from streamseg.pipeline.worker import InferenceWorker
-from streamseg.protocol.prompts import AddPrompt, ClientMessage, RemoveTrack, ResetTracks
+from streamseg.protocol.prompts import (
+    AddPrompt,
+    ClientMessage,
+    PromptLimits,
+    RemoveTrack,
+    ResetTracks,
+)
 
 
 async def apply_to_tracker(
@@ -20,7 +26,7 @@ async def apply_to_tracker(
         def add() -> Any:
             track_id = msg.track_id
             if track_id is None:
-                track_id = max(tracker.track_ids, default=0) + 1
+                track_id = tracker.next_track_id(PromptLimits().max_track_id)
             return tracker.add_prompt(
                 track_id,
                 points=list(msg.points) or None,

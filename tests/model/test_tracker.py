@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from streamseg.backends.torch_graphs import TorchGraphs
 from streamseg.media.synthetic import moving_scene
@@ -16,6 +17,7 @@ from streamseg.model.errors import (
     InvalidFrameError,
     InvalidPromptError,
     NoFrameYetError,
+    TooManyPointsError,
     TooManyTracksError,
     UnknownTrackError,
 )
@@ -42,7 +44,7 @@ def _state(tr: StreamTracker) -> Any:
         tr.frames_processed,
         tr.last_seq,
         tr.state_nbytes(),
-        {k: (len(t.memory), t.init_pending_at) for k, t in tr._tracks.items()},
+        {k: (len(t.memory), t.committed is None, sorted(t.points)) for k, t in tr._tracks.items()},
     )
 
 
@@ -93,8 +95,8 @@ def test_repeated_click_before_next_frame_accumulates(tracker: StreamTracker) ->
     tracker.add_prompt(1, points=[[30, 30]], labels=[1])
     second = tracker.add_prompt(1, points=[[90, 70]], labels=[0], clear_old_points=False)
     assert not second.created
-    points = tracker._tracks[1].points
-    assert points is not None and points[1].tolist() == [[1, 0]]
+    frame = tracker._history[-1].frame_idx
+    assert tracker._tracks[1].points[frame][1].tolist() == [[1, 0]]
 
 
 @pytest.mark.parametrize(
@@ -204,3 +206,100 @@ def test_settings_validation() -> None:
     with pytest.raises(ValueError):
         TrackerSettings(autocast_dtype="int8")
     assert copy.copy(TrackerSettings()) == TrackerSettings()
+
+
+def test_accumulated_points_are_bounded(tracker: StreamTracker) -> None:
+    """Adding points with clear_old_points=False stops at the per-frame limit with a
+    typed error, so one client cannot make every prompt slower for all streams."""
+    limit = tracker.settings.max_points_per_frame
+    rng = np.random.default_rng(0)
+    p32 = rng.uniform(1, 90, (32, 2)).tolist()
+    tracker.add_prompt(1, points=p32, labels=[1] * 32)
+    for _ in range(limit // 32 - 1):
+        tracker.add_prompt(1, points=p32, labels=[1] * 32, clear_old_points=False)
+    frame = tracker._history[-1].frame_idx
+    assert tracker._tracks[1].points[frame][1].shape[1] == limit
+    before = _state(tracker)
+    for _ in range(3):
+        with pytest.raises(TooManyPointsError, match=f"at most {limit}") as info:
+            tracker.add_prompt(1, points=p32, labels=[1] * 32, clear_old_points=False)
+        assert info.value.code == "too_many_points"
+    assert _state(tracker) == before
+    tracker.add_prompt(1, points=p32, labels=[1] * 32)  # starting over is always possible
+    assert tracker._tracks[1].points[frame][1].shape[1] == 32
+
+
+def test_a_box_cannot_join_earlier_points(tracker: StreamTracker) -> None:
+    """SAM expects the box before any point, so Meta refuses this; so do we."""
+    tracker.add_prompt(1, points=[[30, 30]], labels=[1])
+    before = _state(tracker)
+    with pytest.raises(InvalidPromptError, match="box must come before"):
+        tracker.add_prompt(1, box=[10, 10, 40, 40], clear_old_points=False)
+    assert _state(tracker) == before
+
+
+def test_new_track_ids_stay_within_the_limit(tracker: StreamTracker) -> None:
+    limit = 2**31 - 1
+    assert tracker.next_track_id(limit) == 1
+    tracker.add_prompt(3, points=[[30, 30]], labels=[1])
+    assert tracker.next_track_id(limit) == 4
+    tracker.add_prompt(limit, points=[[30, 30]], labels=[1])
+    assert tracker.next_track_id(limit) == 1
+    tracker.add_prompt(1, points=[[30, 30]], labels=[1])
+    assert tracker.next_track_id(limit) == 2
+    with pytest.raises(TooManyTracksError):
+        tracker.next_track_id(1)
+
+
+def _held(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
+def test_frames_of_a_batch_hold_only_their_own_features(graphs: TorchGraphs) -> None:
+    """A stream's history must not keep the other frames of an encoder batch alive."""
+    size = graphs.geometry.image_size
+    with torch.inference_mode():
+        batch = graphs.encode_image(torch.randn(8, 3, size, size))
+    one = batch.select(3)
+    tensors = (one.high_res_0, one.high_res_1, one.embed)
+    assert sum(_held(t) for t in tensors) == one.nbytes
+    assert _held(one.pos) == one.pos.element_size() * one.pos.nelement()
+    torch.testing.assert_close(one.embed, batch.embed[3:4], rtol=0, atol=0)
+
+    tr = StreamTracker(graphs, TrackerSettings(history=4))
+    for seq in range(6):
+        with torch.inference_mode():
+            feats = graphs.encode_image(torch.randn(8, 3, size, size))
+        tr.step_encoded(feats.select(seq % 8), seq, 128, 96)
+    held = sum(
+        _held(t)
+        for r in tr._history
+        for t in (r.features.high_res_0, r.features.high_res_1, r.features.embed)
+    )
+    assert held == tr.state_nbytes()
+
+
+def _frames(width: int, height: int, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_a_stale_frame_seq_is_rescaled_to_the_newest_frame(graphs: TorchGraphs) -> None:
+    """A click naming a frame that left the history lands at the same relative place on
+    the newest frame, even when the resolution changed in between."""
+    small, large = _frames(128, 96, 10, 1), _frames(256, 192, 10, 2)
+    stale, direct = StreamTracker(graphs), StreamTracker(graphs)
+    for seq, frame in enumerate(small + large):
+        stale.step(frame, seq)
+        direct.step(frame, seq)
+    got = stale.add_prompt(2, points=[[126, 94]], labels=[1], frame_seq=5)
+    want = direct.add_prompt(2, points=[[252, 188]], labels=[1])
+    assert not got.exact and got.applied_seq == 19
+    np.testing.assert_array_equal(got.result.low_res_logits, want.result.low_res_logits)
+
+    for seq, frame in enumerate(_frames(64, 48, 10, 3), start=20):
+        stale.step(frame, seq)
+    later = stale.add_prompt(3, points=[[126, 94]], labels=[1], frame_seq=5)
+    assert not later.exact and later.result.mask.shape == (48, 64)
+    with pytest.raises(InvalidPromptError, match="outside the 256x192 frame"):
+        stale.add_prompt(3, points=[[300, 10]], labels=[1], frame_seq=12)
