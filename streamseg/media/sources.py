@@ -69,6 +69,7 @@ __all__ = [
     "SourceReader",
     "SourceState",
     "classify",
+    "parse_source",
     "redact",
     "resolve_source",
     "transport_in_url",
