@@ -17,6 +17,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from streamseg.client import LatestResults, Result, StreamNotFoundError, StreamsegClient
+from streamseg.media.frame import Frame
 from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.server.background import free_port, running_server
 from streamseg.server.routes_masks import feed_count
@@ -447,3 +448,39 @@ async def test_file_source_loops(server: tuple[str, Runtime], tmp_path: Path) ->
     assert info["kind"] == "file" and info["frames_received"] > 15 and info["state"] == "streaming"
     assert info["capture_clock"] == "receive"
     await client.delete_stream(sid)
+
+
+async def test_last_error_clears_once_frames_flow_again(
+    server: tuple[str, Runtime], rtsp: RtspTestServer
+) -> None:
+    """Issue 11 item 8: an old error is reported with its time and count, not as the
+    stream's current state once good frames have been processed since."""
+    url, runtime = server
+    client = StreamsegClient(url)
+    sid = (await client.create_stream(rtsp.url))["id"]
+    try:
+        await _state(client, sid, "streaming", 20)
+        session = runtime.cameras[sid].session
+        # A frame the tracker refuses (its seq goes backwards). The camera's next frame
+        # may replace it in the one-frame slot, so offer it until one is refused.
+        image = np.zeros((240, 320, 3), np.uint8)
+        deadline = time.time() + 10
+        while (info := await client.get_stream(sid))["errors"]["pipeline"] is None:
+            assert time.time() < deadline, info
+            now = time.time()
+            session.submit_frame(Frame(0, image, now, "receive", now))
+            await asyncio.sleep(0.01)
+        first = info["errors"]["pipeline"]
+        assert first["reason"] == "InvalidFrameError" and "seq" in first["message"]
+        assert first["count"] >= 1 and abs(first["at"] - time.time()) < 5
+        processed = info["frames_processed"]
+        while info["frames_processed"] < processed + 40:
+            assert time.time() < deadline + 30, info
+            await asyncio.sleep(0.1)
+            info = await client.get_stream(sid)
+        assert info["last_error"] is None and info["state"] == "streaming"
+        error = info["errors"]["pipeline"]
+        assert error["recovered"] is True and error["reason"] == "InvalidFrameError"
+        assert error["count"] >= first["count"] and error["at"] >= first["at"]
+    finally:
+        await client.delete_stream(sid)
