@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import random
 import threading
@@ -62,6 +63,21 @@ from streamseg.protocol.messages import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_SECRET_HEADERS = frozenset({"authorization", "sec-websocket-protocol"})
+
+
+class _RedactHandshake(logging.Filter):
+    """The websockets library logs every handshake header at DEBUG; the token is one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+_ws_log = logging.getLogger("streamseg.client.websockets")
+_ws_log.addFilter(_RedactHandshake())
 
 
 class RequestError(RuntimeError):
@@ -308,6 +324,7 @@ class StreamsegClient:
                 async with websockets.connect(
                     self.ws_url(stream_id, encoding),
                     additional_headers=self.auth_headers(),
+                    logger=_ws_log,
                     compression=None,
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=self.timeout,

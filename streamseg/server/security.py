@@ -163,9 +163,12 @@ async def _auth_error_handler(conn: HTTPConnection, exc: Exception) -> Response 
 
 
 def _route_path(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if path else str(scope.get("path", ""))
+    """The path with its parameters named (`/v1/streams/{stream_id}`): the request's
+    path with each path-parameter value put back as `{name}`, so audit actions group
+    by route and no query string ever reaches the log."""
+    names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    segments = str(scope.get("path", "")).split("/")
+    return "/".join(f"{{{names[s]}}}" if s in names else s for s in segments)
 
 
 def audit(action: str, scope: Scope, status: int, **fields: Any) -> None:
@@ -209,12 +212,16 @@ class SecurityMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = headers_of(scope.get("headers", ()))
+        raw_headers = scope.get("headers", ())
+        headers = headers_of(raw_headers)
+        hosts = sum(1 for name, _ in raw_headers if name.lower() == b"host")
         method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
         path = scope.get("path", "")
         state: dict[str, Any] = scope.setdefault("state", {})
         refusal: tuple[int, str, str] | None = None
-        if path not in OPEN_PATHS and not self.policy.host_allowed(headers.get("host")):
+        if path not in OPEN_PATHS and (
+            hosts != 1 or not self.policy.host_allowed(headers.get("host"))
+        ):  # two Host headers: which one a proxy used is anyone's guess
             refusal = (421, "bad_host", "this server does not answer for that Host name")
         elif kind == "websocket" or method in UNSAFE_METHODS:
             origin = headers.get("origin")
