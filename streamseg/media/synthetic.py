@@ -43,6 +43,52 @@ def scene_frame(
     return img
 
 
+MOTIONS = ("translate", "rotate", "scale", "occlude")
+
+
+def moving_object(
+    motion: str, count: int, height: int = 480, width: int = 640, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`count` RGB frames of one textured ellipse moving over a static textured
+    background, and its true visible mask on each frame: ground truth for judging masks
+    carried between model steps. `motion` is one of MOTIONS: a steady drift, a turn
+    about its centre (2 degrees a frame), growth (1% a frame), or a drift behind a
+    static bar that hides part of it."""
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    background = cv2.GaussianBlur(
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1.5
+    )
+    side = min(height, width) // 3
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), (0, 0), 1.2)
+    shape = np.zeros((side, side), np.uint8)
+    cv2.ellipse(shape, (side // 2, side // 2), (side // 2 - 2, side // 3), 30, 0, 360, 1, -1)
+    bar = np.zeros((height, width), bool)
+    if motion == "occlude":
+        bar[:, width // 2 : width // 2 + width // 16] = True
+    frames, masks = [], []
+    for i in range(count):
+        angle = 2.0 * i if motion == "rotate" else 0.0
+        scale = 1.0 + 0.01 * i if motion == "scale" else 1.0
+        shift = (3.0 * i, 1.5 * i) if motion in ("translate", "occlude") else (0.0, 0.0)
+        centre = (width * 0.3 + shift[0], height * 0.45 + shift[1])
+        rotation = np.asarray(cv2.getRotationMatrix2D((side / 2, side / 2), angle, scale))
+        offset = np.array([[0.0, 0.0, centre[0] - side / 2], [0.0, 0.0, centre[1] - side / 2]])
+        matrix = rotation.astype(np.float64) + offset
+        placed = cv2.warpAffine(shape, matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
+        moved = cv2.warpAffine(texture, matrix, (width, height), flags=cv2.INTER_LINEAR)
+        image = background.copy()
+        image[placed] = moved[placed]
+        visible = placed & ~bar
+        image[bar] = (40, 40, 40)
+        frames.append(image)
+        masks.append(visible)
+    return frames, masks
+
+
 BARCODE_BITS = 16
 BARCODE_BLOCKS_PER_WIDTH = 40
 
