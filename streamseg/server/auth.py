@@ -72,10 +72,11 @@ def parse_scopes(text: str) -> frozenset[str]:
     names = {s.strip().lower() for s in text.split(",") if s.strip()}
     if "*" in names or "all" in names:
         return ALL_SCOPES
-    unknown = names - ALL_SCOPES
-    if unknown or not names:
+    if not names or names - ALL_SCOPES:
+        # The names are not echoed: a line with its columns swapped would print a token.
         raise AuthConfigError(
-            f"unknown scope(s) {sorted(unknown) or '(none)'}; use {', '.join(SCOPES)} or *"
+            f"unknown scope name; scopes are a comma-separated list of {', '.join(SCOPES)}, "
+            "or *"
         )
     return frozenset(names)
 
@@ -109,8 +110,12 @@ def parse_token_file(
         if token_id in seen:
             raise AuthConfigError(f"{where}: id {token_id!r} is used twice")
         check_secret(secret, where)
+        try:
+            scope_set = parse_scopes(scopes)
+        except AuthConfigError as exc:
+            raise AuthConfigError(f"{where}: {exc}") from None
         seen.add(token_id)
-        out.append((token_id, parse_scopes(scopes), secret))
+        out.append((token_id, scope_set, secret))
     return out
 
 
