@@ -154,3 +154,43 @@ async def test_demo_tracks_a_clicked_object(server: tuple[str, Runtime], tmp_pat
     finally:
         await browser.close()
         await pw.stop()
+
+
+SOCKET_RESULT = """async (path) => {
+  const { openSocket } = await import("/js/auth.js");
+  const ws = openSocket(path);
+  return await new Promise((resolve) => {
+    let first = null;
+    ws.onmessage = (e) => { first = first || JSON.parse(e.data); };
+    ws.onclose = (e) => resolve({ protocol: ws.protocol, first, code: e.code });
+  });
+}"""
+
+
+async def test_token_from_the_fragment_reaches_rest_and_websockets(
+    server: tuple[str, Runtime], tmp_path: Path
+) -> None:
+    """The URL `streamseg serve` prints: the page keeps the token (not in the address bar),
+    and Chromium's websocket carries it as a subprotocol the server answers."""
+    url, runtime = server
+    clip = tmp_path / "camera.y4m"
+    write_y4m(str(clip), camera_clip(count=5))
+    pw, browser = await launch(clip)
+    try:
+        page = await browser.new_page()
+        await page.goto(f"{url}/#token={server_token(runtime)}")
+        await _until(page, "document.getElementById('hud-model').textContent !== '–'")
+        assert "token" not in await page.evaluate("location.href")
+        ws = await page.evaluate(SOCKET_RESULT, "/v1/streams/zz/masks")
+        assert ws["protocol"] == "streamseg.v1", ws
+        assert ws["first"]["code"] == "unknown_stream" and ws["code"] == 4404, ws
+
+        stranger = await browser.new_page()  # another tab: no token
+        await stranger.goto(f"{url}/")
+        await _until(stranger, "!document.getElementById('message').hidden")
+        assert "token" in (await stranger.text_content("#message") or "")
+        ws = await stranger.evaluate(SOCKET_RESULT, "/v1/streams/zz/masks")
+        assert ws["first"]["code"] == "unauthorized" and ws["code"] == 4401, ws
+    finally:
+        await browser.close()
+        await pw.stop()

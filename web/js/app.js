@@ -2,6 +2,7 @@
 // Prompts name the seq of the frame on screen, so the server applies them on it.
 import { SeqMap } from "./seqmap.js";
 import { readBarcode } from "./barcode.js";
+import { AuthError, authFetch, token } from "./auth.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -47,12 +48,21 @@ function showMessage(text) {
 }
 
 async function loadInfo() {
+  if (!token()) {
+    showMessage(
+      "No access token: open the URL `streamseg serve` printed (it ends in #token=…).",
+    );
+  }
   try {
-    const info = await (await fetch("/v1/info")).json();
+    const info = await (await authFetch("/v1/info")).json();
     state.palette = info.palette || state.palette;
     $("hud-model").textContent = `${info.model} · ${info.backend} · ${info.device}`;
-  } catch {
-    showMessage("The streamseg server is unreachable. Is `streamseg serve` running?");
+  } catch (err) {
+    showMessage(
+      err instanceof TypeError
+        ? "The streamseg server is unreachable. Is `streamseg serve` running?"
+        : err.message,
+    );
   }
 }
 
@@ -324,7 +334,7 @@ async function connect() {
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc);
-    const response = await fetch("/v1/webrtc/offer", {
+    const response = await authFetch("/v1/webrtc/offer", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
@@ -342,6 +352,12 @@ async function connect() {
     $("disconnect").disabled = false;
   } catch (err) {
     pc.close();
+    if (err instanceof AuthError) {
+      disconnect();
+      setStatus("no access", "error");
+      showMessage(err.message);
+      return;
+    }
     setStatus("unreachable", "error");
     scheduleReconnect(`Cannot reach the server: ${err.message}. Retrying…`);
   }
