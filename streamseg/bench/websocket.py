@@ -49,7 +49,10 @@ async def measure(seconds: float, encoding: str) -> list[dict[str, Any]]:
     from streamseg.server.background import running_server, server_token
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, running_server() as (url, runtime):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_server(source_media_root=tmp) as (url, runtime),  # the clip is a file source
+    ):
         clip = Path(tmp) / "clip.mp4"
         write_h264(str(clip), 640, 480, 90)
         headers = {"Authorization": f"Bearer {server_token(runtime)}"}
