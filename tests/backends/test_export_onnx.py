@@ -330,9 +330,12 @@ def test_server_runs_on_the_onnx_backend(tmp_path: Path, monkeypatch: pytest.Mon
     from streamseg.config import Settings
     from streamseg.server.app import create_app
 
+    from tests.auth_helpers import AUTH, TOKEN
+
     monkeypatch.setenv("STREAMSEG_ENGINES", str(tmp_path))
-    settings = Settings(model="test", weights="random", backend="onnx")
-    with TestClient(create_app(settings)) as client:
+    settings = Settings(model="test", weights="random", backend="onnx", token=TOKEN)
+    app = create_app(settings)
+    with TestClient(app, base_url="http://127.0.0.1", headers=AUTH) as client:
         assert "backend: onnx" in client.get("/v1/info").json()["model"]
         buf = io.BytesIO()
         Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(buf, format="PNG")
