@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from streamseg.protocol.messages import MaskSource
+
 Affine = np.ndarray  # 2 x 3 float64, full-resolution pixel coordinates
 _LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
 
@@ -57,7 +59,7 @@ class PropagatedMask:
     moved: bool  # a motion estimate was applied (False: held where the model put it)
 
     @property
-    def source(self) -> str:
+    def source(self) -> MaskSource:
         return "propagated" if self.propagated else "model"
 
 
@@ -194,6 +196,63 @@ class MaskPropagator:
                 PropagatedMask(track.track_id, mask, self._model_seq, seq != self._model_seq, moved)
             )
         return out
+
+    def map_points(
+        self,
+        points: np.ndarray,
+        from_seq: int,
+        to_seq: int,
+        box: tuple[float, float, float, float] | None = None,
+    ) -> np.ndarray | None:
+        """Full-resolution `points` [N, 2] on frame `from_seq` moved to where the same
+        content lies on frame `to_seq`, by following corners inside `box` (or around
+        each point) through the recorded frames in between; None when those frames are
+        not all recorded or nothing there can be followed."""
+        with self._lock:
+            lo, hi = sorted((from_seq, to_seq))
+            path = [f for f in self._frames if lo <= f.seq <= hi]
+        if not path or path[0].seq != lo or path[-1].seq != hi:
+            return None
+        if any(f.image.shape != path[0].image.shape for f in path):
+            return None
+        if from_seq > to_seq:
+            path.reverse()
+        scale = path[0].scale
+        grey = path[0].image
+        window = np.zeros(grey.shape, np.uint8)
+        if box is not None:
+            x0, y0, x1, y1 = (int(np.rint(v * scale)) for v in box)
+            window[max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = 1
+        else:
+            half = max(8, grey.shape[1] // 10)
+            for x, y in np.asarray(points, np.float64).reshape(-1, 2) * scale:
+                cx, cy = int(np.rint(x)), int(np.rint(y))
+                window[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half] = 1
+        found = cv2.goodFeaturesToTrack(
+            grey, self.settings.max_points, qualityLevel=0.01, minDistance=3, mask=window
+        )
+        if found is None:
+            return None
+        origin = found.reshape(-1, 2).astype(np.float32)
+        current = origin.copy()
+        for prev, nxt in itertools.pairwise(path):
+            moved, status, _ = cv2.calcOpticalFlowPyrLK(
+                prev.image,
+                nxt.image,
+                current.reshape(-1, 1, 2),
+                None,  # type: ignore[call-overload]
+                winSize=(15, 15),
+                maxLevel=3,
+                criteria=_LK_CRITERIA,
+            )
+            keep = status.reshape(-1).astype(bool)
+            origin, current = origin[keep], moved.reshape(-1, 2)[keep]
+        fitted = fit_similarity(origin, current, self.settings.min_points, self.settings.ransac_px)
+        if fitted is None:
+            return None
+        full = to_full_resolution(fitted, scale)
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        return pts @ full[:, :2].T + full[:, 2]
 
     # ---- internals -----------------------------------------------------------------
 

@@ -3,8 +3,11 @@ per-frame metadata back out, prompts in over a data channel.
 
 aiortc queues every decoded frame without bound; the inbound reader drains that
 queue continuously so only the slot's single frame ever waits. The outbound track
-is pulled by aiortc's encoder: each pull takes the newest result (older ones are
-dropped and counted) and draws its masks on the very frame they were computed on.
+is pulled by aiortc's encoder. At the default `rate="source"` each pull takes the
+newest incoming frame (older ones are dropped and counted) and draws the newest model
+masks moved onto it, so the video runs at the camera's rate whatever the model's
+speed; at `rate="model"` each pull takes the newest result and draws its masks on the
+very frame they were computed on.
 """
 
 from __future__ import annotations
@@ -23,15 +26,21 @@ import av
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamseg.media.frame import frame_from_av
+from streamseg.media.frame import Frame, frame_from_av
 from streamseg.media.overlay import draw_overlay
 from streamseg.media.slot import LatestSlot, SlotClosed
 from streamseg.model.errors import TrackerError
 from streamseg.pipeline.commands import apply_to_tracker
+from streamseg.pipeline.egress import PlacedFrame, SourceRateMasks
 from streamseg.pipeline.stream import StreamResult, StreamSession
-from streamseg.pipeline.wire import result_message
+from streamseg.pipeline.wire import placed_message
 from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
-from streamseg.protocol.messages import ack_message, error_message, frame_message_json
+from streamseg.protocol.messages import (
+    ack_message,
+    error_message,
+    frame_message_json,
+    internal_error_message,
+)
 from streamseg.protocol.prompts import (
     ClientMessage,
     PromptError,
@@ -40,6 +49,7 @@ from streamseg.protocol.prompts import (
     parse_client_message,
     peek_request_id,
 )
+from streamseg.server.errors import report_internal
 from streamseg.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +90,9 @@ class PeerOptions:
     overlay: bool = True
     metadata: bool = True
     masks_in_metadata: bool = False
+    # "source": every incoming frame goes back with the newest masks moved onto it;
+    # "model": one outgoing frame per model result, masks on their own frame.
+    rate: str = "source"
 
 
 class OverlayTrack(MediaStreamTrack):
@@ -92,20 +105,20 @@ class OverlayTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         try:
-            out = await self._peer.results.take_async()
+            item = await self._peer.outgoing.take_async()
         except SlotClosed:
             self.stop()
             raise MediaStreamError from None
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        video = await loop.run_in_executor(self._peer.executor, self._peer.compose, out)
+        video, placed = await loop.run_in_executor(self._peer.executor, self._peer.compose, item)
         self._peer.metrics.observe_stage("overlay", time.perf_counter() - start)
         now = time.time()
         if self._t0 is None:
             self._t0 = now
         video.pts = int((now - self._t0) * VIDEO_CLOCK)
         video.time_base = Fraction(1, VIDEO_CLOCK)
-        self._peer.sent(out, now, video.pts)
+        self._peer.sent(placed, now, video.pts)
         return video
 
 
@@ -120,10 +133,16 @@ class Peer:
 
     def __post_init__(self) -> None:
         self.metrics: Metrics = self.runtime.metrics
-        self.results: LatestSlot[StreamResult] = LatestSlot(
+        # Bound 1, policy `latest`: the encoder takes the newest outgoing item.
+        self.outgoing: LatestSlot[Frame | StreamResult] = LatestSlot(
             on_drop=lambda _: self.metrics.count_drop(self.stream.id, "overlay")
         )
-        self._remove_sink = self.stream.add_sink(self.results.put)
+        self.placer: SourceRateMasks | None = None
+        if self.options.rate == "source":
+            self.placer = self.stream.source_rate_masks()
+            self._remove_sink = self.stream.add_frame_sink(self.outgoing.put)
+        else:
+            self._remove_sink = self.stream.add_sink(self.outgoing.put)
         self.channel: RTCDataChannel | None = None
         self.reader: asyncio.Task[None] | None = None
         self.closed = False
@@ -161,15 +180,23 @@ class Peer:
 
     # ---- outbound ------------------------------------------------------------------
 
-    def compose(self, out: StreamResult) -> av.VideoFrame:
-        """Runs in the executor: overlay on the frame the masks were computed on."""
-        image = out.frame.image
-        if self.options.overlay and out.result.tracks:
-            image = draw_overlay(image, [(t.track_id, t.mask) for t in out.result.tracks])
-        return av.VideoFrame.from_ndarray(image, format="rgb24")
+    def compose(self, item: Frame | StreamResult) -> tuple[av.VideoFrame, PlacedFrame]:
+        """Runs in the executor: the newest masks placed on an incoming frame (source
+        rate), or a result's masks on their own frame (model rate), drawn."""
+        if isinstance(item, Frame):
+            assert self.placer is not None
+            start = time.perf_counter()
+            placed = self.placer.place(item)
+            self.metrics.observe_stage("propagate", time.perf_counter() - start)
+        else:
+            placed = PlacedFrame.from_result(item)
+        image = placed.frame.image
+        if self.options.overlay and placed.tracks:
+            image = draw_overlay(image, [(t.model.track_id, t.mask) for t in placed.tracks])
+        return av.VideoFrame.from_ndarray(image, format="rgb24"), placed
 
-    def sent(self, out: StreamResult, sent_ts: float, video_pts: int) -> None:
-        self.metrics.observe_sent("webrtc", out.frame.capture_ts, sent_ts)
+    def sent(self, placed: PlacedFrame, sent_ts: float, video_pts: int) -> None:
+        self.metrics.observe_sent("webrtc", placed.frame.capture_ts, sent_ts)
         channel = self.channel
         if not self.options.metadata or channel is None or channel.readyState != "open":
             return
@@ -178,8 +205,8 @@ class Peer:
             return
         masks = None
         if self.options.masks_in_metadata:
-            masks = [t.mask for t in out.result.tracks]
-        msg = result_message(out, sent_ts, self.stream.counters.dropped)
+            masks = [t.mask for t in placed.tracks]
+        msg = placed_message(placed, self.stream.id, sent_ts, self.stream.counters.dropped)
         channel.send(frame_message_json(msg, masks, {"video_pts": video_pts}))
 
     # ---- data channel ----------------------------------------------------------------
@@ -214,6 +241,11 @@ class Peer:
             self._reply(error_message("busy", str(exc), request_id))
         except WorkerStoppedError as exc:
             self._reply(error_message("shutting_down", str(exc), request_id))
+        except Exception as exc:
+            error_id = report_internal(
+                self.metrics, "data_channel", exc, stream=self.stream.id, request_id=request_id
+            )
+            self._reply(internal_error_message(error_id, request_id))
         else:
             self._reply(ack_message(request_id, result))
 
@@ -233,7 +265,7 @@ class Peer:
             return
         self.closed = True
         self._remove_sink()
-        self.results.close()
+        self.outgoing.close()
         if self.reader is not None and self.reader is not asyncio.current_task():
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -328,6 +328,18 @@ class StreamTracker:
             result=new_track.last,
         )
 
+    def frame_size(self, seq: int) -> tuple[int, int]:
+        """Width and height of frame `seq` (its run of equal sizes; the newest if unknown)."""
+        for record in self._history:
+            if record.seq == seq:
+                return record.width, record.height
+        return self._size_at(seq, self._history[-1]) if self._history else (0, 0)
+
+    def history_seq_before(self, seq: int) -> int | None:
+        """The newest frame whose features are kept for prompts, at or before `seq`."""
+        found = [r.seq for r in self._history if r.seq <= seq]
+        return found[-1] if found else None
+
     def next_track_id(self, max_id: int) -> int:
         """An id for a new track: one past the highest in use, or the lowest free one
         when that would pass `max_id` (ids stay within what the protocol can name)."""

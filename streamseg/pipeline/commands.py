@@ -3,7 +3,10 @@ the inference thread; one implementation for every surface."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import numpy as np
 
 from streamseg.pipeline.stream import StreamSession
 from streamseg.pipeline.worker import InferenceWorker
@@ -23,26 +26,29 @@ async def apply_to_tracker(
     tracker = stream.tracker
     if isinstance(msg, AddPrompt):
 
-        def add() -> Any:
+        def add() -> tuple[Any, bool]:
             track_id = msg.track_id
             if track_id is None:
                 track_id = tracker.next_track_id(PromptLimits().max_track_id)
-            return tracker.add_prompt(
+            prompt, moved = _onto_a_model_frame(stream, msg)
+            outcome = tracker.add_prompt(
                 track_id,
-                points=list(msg.points) or None,
-                labels=list(msg.labels) or None,
-                box=msg.box,
-                frame_seq=msg.frame_seq,
-                clear_old_points=msg.clear_old_points,
+                points=list(prompt.points) or None,
+                labels=list(prompt.labels) or None,
+                box=prompt.box,
+                frame_seq=prompt.frame_seq,
+                clear_old_points=prompt.clear_old_points,
             )
+            return outcome, moved
 
-        outcome = await worker.submit(add)
+        outcome, moved = await worker.submit(add)
         return {
             "track_id": outcome.track_id,
             "created": outcome.created,
-            "requested_seq": outcome.requested_seq,
+            "requested_seq": msg.frame_seq,
             "applied_seq": outcome.applied_seq,
-            "exact": outcome.exact,
+            "exact": outcome.exact and not moved,
+            "motion_compensated": moved,
             "caught_up_frames": outcome.caught_up_frames,
             "score": outcome.result.score,
             "bbox": outcome.result.bbox,
@@ -54,3 +60,34 @@ async def apply_to_tracker(
         await worker.submit(tracker.reset)
         return {"reset": True}
     raise TypeError(f"{type(msg).__name__} is not a tracker command")
+
+
+def _onto_a_model_frame(stream: StreamSession, msg: AddPrompt) -> tuple[AddPrompt, bool]:
+    """A click on a frame shown at source rate that the model never saw: moved to the
+    newest frame the model did see before it, following the video's motion between the
+    two, so it lands on the object the user clicked. Runs on the inference thread."""
+    placer, seq = stream.source_rate, msg.frame_seq
+    tracker = stream.tracker
+    if placer is None or seq is None:
+        return msg, False
+    target = tracker.history_seq_before(seq)
+    if target is None or target == seq:
+        return msg, False
+    corners = list(msg.points)
+    if msg.box is not None:
+        x0, y0, x1, y1 = msg.box
+        corners += [(x0, y0), (x1, y1), (x0, y1), (x1, y0)]
+    mapped = placer.propagator.map_points(np.array(corners, np.float64), seq, target, msg.box)
+    if mapped is None:
+        return msg, False
+    size = tracker.frame_size(target)
+    mapped = np.clip(mapped, 0, np.array(size, np.float64))
+    points = tuple((float(x), float(y)) for x, y in mapped[: len(msg.points)])
+    box = msg.box
+    if box is not None:
+        quad = mapped[len(msg.points) :]
+        lo, hi = quad.min(axis=0), quad.max(axis=0)
+        if hi[0] - lo[0] < 1 or hi[1] - lo[1] < 1:
+            return msg, False
+        box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+    return dataclasses.replace(msg, points=points, box=box, frame_seq=target), True

@@ -14,12 +14,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from streamseg.media.frame import Frame
 from streamseg.media.slot import LatestSlot
 from streamseg.model.tracker import FrameResult, StreamTracker
 
+if TYPE_CHECKING:
+    from streamseg.pipeline.egress import SourceRateMasks
+
 ResultSink = Callable[["StreamResult"], object]
+FrameSink = Callable[[Frame], object]
 _ids = itertools.count(1)
 
 
@@ -60,6 +65,9 @@ class StreamSession:
         self._sink_ids = itertools.count()
         self._waker: Callable[[], None] = lambda: None
         self._lock = threading.Lock()
+        # Replaced, never mutated, so a producer thread can iterate it without a lock.
+        self._frame_sinks: tuple[tuple[int, FrameSink], ...] = ()
+        self._source_rate: SourceRateMasks | None = None
         self.closed = False
 
     # ---- producer side (any thread) -------------------------------------------------
@@ -74,6 +82,8 @@ class StreamSession:
             self.counters.received += 1
         if self.on_receive is not None:
             self.on_receive(self.id)
+        for _, sink in self._frame_sinks:
+            sink(frame)
         self.frames.put(frame)
         self._waker()
 
@@ -115,6 +125,36 @@ class StreamSession:
         self._sinks[key] = sink
         return lambda: self._sinks.pop(key, None) and None
 
+    def add_frame_sink(self, sink: FrameSink) -> Callable[[], None]:
+        """Register a callback run on the source's thread for every incoming frame (the
+        source-rate path); it must be quick and must not block. Returns its remover."""
+        key = next(self._sink_ids)
+        with self._lock:
+            self._frame_sinks = (*self._frame_sinks, (key, sink))
+
+        def remove() -> None:
+            with self._lock:
+                self._frame_sinks = tuple(s for s in self._frame_sinks if s[0] != key)
+
+        return remove
+
+    @property
+    def source_rate(self) -> SourceRateMasks | None:
+        """The source-rate placer if any consumer started it."""
+        return self._source_rate
+
+    def source_rate_masks(self) -> SourceRateMasks:
+        """The stream's shared placer of the newest masks on every incoming frame,
+        started on first use (before it, frames cost nothing extra)."""
+        if self._source_rate is None:
+            from streamseg.pipeline.egress import SourceRateMasks
+
+            placer = SourceRateMasks()
+            self.add_frame_sink(placer.observe)
+            self.add_sink(placer.on_result)
+            self._source_rate = placer
+        return self._source_rate
+
     def _publish(self, out: StreamResult) -> None:
         for sink in list(self._sinks.values()):
             sink(out)
@@ -122,4 +162,5 @@ class StreamSession:
     def close(self) -> None:
         self.closed = True
         self._sinks.clear()
+        self._frame_sinks = ()
         self.frames.close()

@@ -29,6 +29,8 @@ from streamseg.protocol.messages import (
     error_message,
     frame_message_json,
     hello_message,
+    internal_error_message,
+    internal_error_text,
     parse_server_text,
 )
 from streamseg.protocol.prompts import (
@@ -71,6 +73,8 @@ __all__ = [
     "error_message",
     "frame_message_json",
     "hello_message",
+    "internal_error_message",
+    "internal_error_text",
     "mask_area",
     "mask_bbox",
     "parse_client_message",

@@ -34,6 +34,11 @@ from streamseg.protocol.masks import (
 from streamseg.protocol.prompts import PromptLimits
 
 SCHEMA_VERSION = 1
+# Optional additions within v1, which older v1 clients ignore: 2 = per-track `source`,
+# `model_seq` and `age_ms` (masks carried forward between model steps).
+SCHEMA_REVISION = 2
+MaskSource = Literal["model", "propagated"]
+_MASK_SOURCES: tuple[MaskSource, ...] = ("model", "propagated")
 HEADER_LENGTH = struct.Struct(">I")
 # Websocket close codes of the mask feed (4000-4999 are the application's).
 CLOSE_UNKNOWN_STREAM = 4404  # no such stream, or it was deleted
@@ -52,7 +57,9 @@ class MessageError(ValueError):
 @dataclass(frozen=True, slots=True)
 class TrackResultMeta:
     """One track on one frame. ``score`` is the decoder's predicted IoU of the mask,
-    ``object_score`` the probability the object is in the frame at all."""
+    ``object_score`` the probability the object is in the frame at all. ``source`` says
+    whether the model computed the mask on this very frame or it was carried forward
+    from frame ``model_seq`` (None: this frame), ``age_ms`` after that frame's capture."""
 
     track_id: int
     score: float
@@ -60,6 +67,9 @@ class TrackResultMeta:
     present: bool
     bbox: tuple[int, int, int, int] | None
     area: int
+    source: MaskSource = "model"
+    model_seq: int | None = None
+    age_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +142,16 @@ def _track_header(t: TrackResultMeta) -> dict[str, Any]:
         "present": bool(t.present),
         "bbox": None if t.bbox is None else [int(v) for v in t.bbox],
         "area": int(t.area),
+        "source": t.source,
+        "model_seq": None if t.model_seq is None else int(t.model_seq),
+        "age_ms": round(float(t.age_ms), 3),
     }
 
 
 def _header(msg: FrameResultMessage, encoding: MaskEncoding | None) -> dict[str, Any]:
     return {
         "v": SCHEMA_VERSION,
+        "rev": SCHEMA_REVISION,
         "type": "frame",
         "stream_id": msg.stream_id,
         "seq": int(msg.seq),
@@ -303,6 +317,9 @@ def _parse_track(body: Mapping[str, Any], where: str) -> TrackResultMeta:
         ):
             raise MessageError(f"{where}bbox must be null or [x0, y0, x1, y1] integers")
         bbox = (raw_bbox[0], raw_bbox[1], raw_bbox[2], raw_bbox[3])
+    source = body.get("source", "model")
+    if source not in _MASK_SOURCES:
+        raise MessageError(f"{where}source must be 'model' or 'propagated', got {source!r}")
     return TrackResultMeta(
         track_id=_int(body, "track_id", where),
         score=_float(body, "score", where),
@@ -310,6 +327,9 @@ def _parse_track(body: Mapping[str, Any], where: str) -> TrackResultMeta:
         present=present,
         bbox=bbox,
         area=_int(body, "area", where),
+        source=source,
+        model_seq=None if body.get("model_seq") is None else _int(body, "model_seq", where),
+        age_ms=_float(body, "age_ms", where) if "age_ms" in body else 0.0,
     )
 
 
@@ -477,6 +497,24 @@ def hello_message(
 def error_message(code: str, message: str, request_id: str | None = None) -> str:
     """A refusal; ``request_id`` (when the request had one) ties it to the request."""
     fields: dict[str, Any] = {"code": code, "message": message}
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return _control("error", fields, {})
+
+
+def internal_error_text(error_id: str) -> str:
+    """What a client is told about an unexpected failure: nothing but where to look."""
+    return f"internal error; the server log has the details under id {error_id}"
+
+
+def internal_error_message(error_id: str, request_id: str | None = None) -> str:
+    """An unexpected failure (code ``internal``). ``error_id`` names the traceback in the
+    server log; the exception's text is never sent, it may hold paths or credentials."""
+    fields: dict[str, Any] = {
+        "code": "internal",
+        "message": internal_error_text(error_id),
+        "error_id": error_id,
+    }
     if request_id is not None:
         fields["request_id"] = request_id
     return _control("error", fields, {})

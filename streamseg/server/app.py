@@ -18,6 +18,7 @@ from streamseg.config import Settings
 from streamseg.media.overlay import PALETTE
 from streamseg.server import security
 from streamseg.server.auth import HostPolicy, TokenStore, bind_problem
+from streamseg.server.errors import InternalErrorMiddleware
 from streamseg.server.metrics import CONTENT_TYPE
 from streamseg.server.runtime import Runtime
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.add_middleware(InternalErrorMiddleware, metrics=runtime.metrics)
     app.state.auth = tokens
     policy = HostPolicy.build(settings.host, settings.allowed_hosts, settings.allowed_origins)
     security.install(app, policy, settings.allowed_origins)  # outermost: sees every answer

@@ -4,6 +4,7 @@ never collide; every drop anywhere in the pipeline is counted here."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -110,6 +111,16 @@ class Metrics:
             "streamseg_requests_rejected", "Requests refused with a 4xx", ["reason"], registry=r
         )
         self.model_info = Info("streamseg_model", "Model and backend in use", registry=r)
+        self.internal_errors = Counter(
+            "streamseg_internal_errors",
+            "Requests that failed unexpectedly (answered with code `internal`), by surface",
+            ["surface"],
+            registry=r,
+        )
+        # Streams whose labelled series may exist; guarded so a frame in flight on another
+        # thread cannot re-create a series after `forget_stream`.
+        self._series_lock = threading.Lock()
+        self._live: dict[str, set[str]] = {}
         self.batch_size = Histogram(
             "streamseg_inference_batch_size",
             "Frames encoded together",
@@ -120,11 +131,22 @@ class Metrics:
     def set_model_info(self, description: str, backend: str, device: str) -> None:
         self.model_info.info({"model": description, "backend": backend, "device": device})
 
+    def open_stream(self, stream_id: str) -> None:
+        """Allow per-stream series for `stream_id` until `forget_stream`."""
+        with self._series_lock:
+            self._live.setdefault(stream_id, set())
+
     def count_received(self, stream_id: str) -> None:
-        self.frames_received.labels(stream_id).inc()
+        with self._series_lock:
+            if stream_id in self._live:
+                self.frames_received.labels(stream_id).inc()
 
     def count_drop(self, stream_id: str, where: str = "input_slot") -> None:
-        self.frames_dropped.labels(stream_id, where).inc()
+        with self._series_lock:
+            wheres = self._live.get(stream_id)
+            if wheres is not None:
+                wheres.add(where)
+                self.frames_dropped.labels(stream_id, where).inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Safe from any thread."""
@@ -148,16 +170,21 @@ class Metrics:
         own = sum(times[stage] for stage in TRACKER_STAGES)
         self.observe_stage("batch_wait", max(0.0, tracker - own))
         self.observe_stage("tracker", tracker)
-        self.frames_processed.labels(out.stream_id).inc()
+        with self._series_lock:
+            if out.stream_id in self._live:
+                self.frames_processed.labels(out.stream_id).inc()
 
     def forget_stream(self, stream_id: str) -> None:
-        """Drop a closed stream's labelled series so churn cannot grow /metrics."""
-        for counter in (self.frames_received, self.frames_processed):
-            with contextlib.suppress(KeyError):
-                counter.remove(stream_id)
-        for where in ("input_slot", "overlay", "data_channel", "websocket"):
-            with contextlib.suppress(KeyError):
-                self.frames_dropped.remove(stream_id, where)
+        """Drop a closed stream's labelled series so churn cannot grow /metrics; later
+        counts for it (a step or frame already in flight) are ignored."""
+        with self._series_lock:
+            wheres = self._live.pop(stream_id, set())
+            for counter in (self.frames_received, self.frames_processed):
+                with contextlib.suppress(KeyError):
+                    counter.remove(stream_id)
+            for where in wheres:
+                with contextlib.suppress(KeyError):
+                    self.frames_dropped.remove(stream_id, where)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

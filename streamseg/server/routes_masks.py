@@ -27,6 +27,7 @@ from streamseg.protocol.messages import (
     encode_frame_message,
     error_message,
     hello_message,
+    internal_error_message,
 )
 from streamseg.protocol.prompts import (
     PromptError,
@@ -42,6 +43,7 @@ from streamseg.server.cameras import (
     prompt_limits,
     stream_metrics,
 )
+from streamseg.server.errors import report_internal
 from streamseg.server.runtime import Runtime
 from streamseg.server.security import accept_subprotocol, audit, requires
 
@@ -272,6 +274,16 @@ async def _receive_prompts(feed: _Feed) -> None:
         except (WorkerBusyError, WorkerStoppedError) as exc:
             outcome = 503
             reply = error_message("busy", str(exc), request_id)
+        except Exception as exc:
+            outcome = 500
+            error_id = report_internal(
+                runtime.metrics,
+                "websocket",
+                exc,
+                stream=feed.camera.session.id,
+                request_id=request_id,
+            )
+            reply = internal_error_message(error_id, request_id)
         else:
             reply = ack_message(request_id, result)
         if action is not None:
@@ -289,6 +301,7 @@ class _Forbidden(Exception):
     """A prompt, remove or reset from a token without the `control` scope."""
 
     code = "forbidden"
+
 
 
 def feed_count(runtime: Runtime) -> int:

@@ -27,6 +27,17 @@ from streamseg.server.security import requires
 
 router = APIRouter(prefix="/v1", tags=["segment"])
 MASK_FORMATS = ("png", "rle")
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the turn that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _refuse(runtime: Runtime, status: int, code: str, message: str) -> NoReturn:
@@ -59,10 +70,25 @@ async def _read_body(request: Request, runtime: Runtime) -> bytes:
 
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
+    """Pixels as displayed: the size is checked on the header before any decoding, then
+    the EXIF orientation is applied (phones store portrait photos sideways), so prompt
+    coordinates mean what the user saw."""
     with Image.open(io.BytesIO(data)) as img:
         if max(img.size) > max_side:
             raise ValueError(f"image is {img.size[0]}x{img.size[1]}; the limit is {max_side} px")
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(_upright(img).convert("RGB"))
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation. Only the pixels are turned (the EXIF
+    block is not rewritten, nothing reads it later); unreadable EXIF is ignored, as
+    browsers ignore it."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION)
+    except Exception:
+        return img
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
 
 
 async def _inputs(

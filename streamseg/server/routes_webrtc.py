@@ -18,6 +18,9 @@ class OfferOptions(BaseModel):
     overlay: bool = True
     metadata: bool = True
     masks_in_metadata: bool = False
+    # "source": every camera frame comes back, newest masks moved onto it; "model": one
+    # frame per model result.
+    rate: Literal["source", "model"] = "source"
 
 
 class Offer(BaseModel):

@@ -120,6 +120,7 @@ class Runtime:
             on_drop=self.metrics.count_drop,
             on_receive=self.metrics.count_received,
         )
+        self.metrics.open_stream(stream.id)
         self.streams[stream.id] = stream
         self.worker.attach(stream)
         self.metrics.streams_active.labels(kind).inc()
@@ -143,6 +144,7 @@ class Runtime:
         stream.close()
         self.metrics.streams_active.labels(stream.kind).dec()
         self.metrics.forget_stream(stream_id)
+        self.metrics.tracks_active.set(self.count_tracks())
 
     async def stop(self) -> None:
         self.ready = False

@@ -329,7 +329,6 @@ def test_server_runs_on_the_onnx_backend(tmp_path: Path, monkeypatch: pytest.Mon
 
     from streamseg.config import Settings
     from streamseg.server.app import create_app
-
     from tests.auth_helpers import AUTH, TOKEN
 
     monkeypatch.setenv("STREAMSEG_ENGINES", str(tmp_path))

@@ -25,6 +25,7 @@ from streamseg.protocol.messages import (
     error_message,
     frame_message_json,
     hello_message,
+    internal_error_message,
     parse_server_text,
 )
 from streamseg.protocol.prompts import PromptLimits
@@ -41,7 +42,7 @@ def _msg(encoding: MaskEncoding | None = MaskEncoding.BITPACK, **kw: Any) -> Fra
         "height": 3,
         "times": FrameTimes(1.0, "receive", 1.0, 1.5, 2.0, 2.5),
         "tracks": (
-            TrackResultMeta(1, 0.9, 0.8, True, (1, 0, 3, 2), 4),
+            TrackResultMeta(1, 0.9, 0.8, True, (1, 0, 3, 2), 4, "propagated", 5, 66.667),
             TrackResultMeta(5, 0.25, 0.125, False, None, 0),
         ),
         "dropped_frames": 3,
@@ -136,8 +137,21 @@ def test_numpy_scalars_are_sent_as_json_numbers() -> None:
         "present": True,
         "bbox": [0, 0, 1, 1],
         "area": 1,
+        "source": "model",
+        "model_seq": None,
+        "age_ms": 0.0,
     }
     assert header["stages_ms"] == {"encoder": 1.5}
+
+
+def test_a_revision_1_message_still_decodes() -> None:
+    """Headers from servers before revision 2 (no source/model_seq/age_ms) decode with
+    the defaults: the mask came from the model on that very frame."""
+    old = (FIXTURES / "frame_header_v1_rev1.json").read_text().strip()
+    msg, masks = decode_frame_message(_join(json.loads(old), b"\x66\x00\x00\x00"))
+    assert [t.source for t in msg.tracks] == ["model", "model"]
+    assert [(t.model_seq, t.age_ms) for t in msg.tracks] == [(None, 0.0), (None, 0.0)]
+    assert len(masks) == 2
 
 
 @pytest.mark.parametrize(
@@ -218,6 +232,9 @@ def _with(path: str, value: Any) -> bytes:
         (_with("tracks.0", 3), r"tracks\[0\] must be a JSON object"),
         (_with("tracks.0.present", 1), "present must be true or false"),
         (_with("tracks.0.bbox", [1, 2, 3]), "bbox"),
+        (_with("tracks.0.source", "guessed"), "source must be"),
+        (_with("tracks.0.model_seq", -1), "model_seq must be"),
+        (_with("tracks.0.age_ms", "old"), "age_ms must be"),
         (_with("tracks.0.score", None), "score must be a finite number"),
         (_with("tracks.1.mask", ...), r"tracks\[1\]\.mask is missing"),
         (_with("tracks.1.mask", 4), "mask must be a JSON object"),
@@ -347,6 +364,19 @@ def test_control_messages() -> None:
     assert json.loads(ack_message(None))["result"] is None
     with pytest.raises(MessageError, match="set by the protocol"):
         hello_message("s1", v=2)
+
+
+def test_internal_error_message_names_only_its_id() -> None:
+    body = parse_server_text(internal_error_message("0a1b2c3d", "r9"))
+    assert body == {
+        "v": 1,
+        "type": "error",
+        "code": "internal",
+        "message": "internal error; the server log has the details under id 0a1b2c3d",
+        "error_id": "0a1b2c3d",
+        "request_id": "r9",
+    }
+    assert "request_id" not in json.loads(internal_error_message("0a1b2c3d"))
 
 
 def test_parse_server_text() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageOps
 
 from streamseg.config import Settings
 from streamseg.media.synthetic import scene_frame
@@ -99,6 +99,64 @@ def test_grayscale_and_rgba_are_accepted(client: TestClient) -> None:
             data={"prompts": '[{"box": [1, 1, 50, 50]}]'},
         )
         assert r.status_code == 200, r.text
+
+
+def _phone_jpeg(orientation: int) -> bytes:
+    """640x480 stored, with an EXIF orientation, as phone cameras write portrait photos."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(scene_frame(5, 480, 640)).save(buf, format="JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [6, 3, 8, 5])
+def test_exif_orientation_gives_displayed_coordinates(client: TestClient, orientation: int) -> None:
+    jpeg = _phone_jpeg(orientation)
+    with Image.open(io.BytesIO(jpeg)) as img:
+        assert img.size == (640, 480)
+        shown = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    height, width = shown.shape[:2]
+    # (400, 600) lies inside the displayed portrait image, outside the stored one.
+    x, y = (400, 600) if height == 640 else (600, 400)
+    prompts = [{"points": [[x, y]], "labels": [1]}]
+    seg = client.app.state.runtime.segmenter  # type: ignore[attr-defined]
+    expected, _ = seg.segment(seg.encode(shown), [ImagePrompt(((float(x), float(y)),), (1,))])
+
+    r = client.post(
+        "/v1/segment",
+        files={"image": ("phone.jpg", jpeg, "image/jpeg")},
+        data={"prompts": json.dumps(prompts), "mask_format": "rle"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (width, height)
+    mask = rle_decode(body["masks"][0]["mask"])
+    assert mask.shape == (height, width)
+    assert np.array_equal(mask, expected[0].mask)
+
+    added = client.post("/v1/images", json={"image_base64": base64.b64encode(jpeg).decode()})
+    assert added.status_code == 201, added.text
+    assert (added.json()["width"], added.json()["height"]) == (width, height)
+    cached = client.post(
+        f"/v1/images/{added.json()['image_id']}/segment",
+        json={"prompts": prompts, "mask_format": "rle"},
+    )
+    assert cached.status_code == 200, cached.text
+    assert np.array_equal(rle_decode(cached.json()["masks"][0]["mask"]), expected[0].mask)
+
+
+def test_exif_size_is_checked_before_decoding(client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (1100, 8)).save(buf, format="JPEG", exif=exif)
+    r = client.post(
+        "/v1/segment",
+        files={"image": ("tall.jpg", buf.getvalue(), "image/jpeg")},
+        data={"prompts": '[{"box": [0, 0, 2, 2]}]'},
+    )
+    assert r.status_code == 413 and r.json()["detail"]["code"] == "too_large"
 
 
 @pytest.mark.parametrize(
