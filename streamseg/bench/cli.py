@@ -158,6 +158,11 @@ def _run_mode(args: argparse.Namespace) -> int:
         from streamseg.bench.websocket import run_websocket_bench
 
         report = run_websocket_bench(args)
+    elif args.mode == "propagation":
+        from streamseg.bench.propagation import print_report, run
+
+        report = run(args)
+        print_report(report)
     else:
         from streamseg.bench.backend import run_backend_bench
 
@@ -202,6 +207,9 @@ def add_bench_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser
     add_model_args(backend)
     backend.add_argument("--frames", type=int, default=12)
     backend.add_argument("--repeat", type=int, default=5)
-    for mode in (tracker, server, browser, ws, backend):
+    propagation = modes.add_parser(
+        "propagation", help="masks between model steps vs ground truth; per-frame cost"
+    )
+    for mode in (tracker, server, browser, ws, backend, propagation):
         mode.add_argument("--json", default=None, help="also write the results to this file")
         mode.set_defaults(func=bench_main)
