@@ -9,12 +9,12 @@ misspelt ``lables`` silently dropped would make a prompt mean something else.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from streamseg.protocol import strictjson
 from streamseg.protocol.masks import MaskEncoding
 
 ERROR_CODES = frozenset(
@@ -265,9 +265,9 @@ def parse_client_message(
     if isinstance(raw, str | bytes | bytearray):
         _check_size(raw, limits)
         try:
-            body: Any = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise PromptError("bad_json", f"message is not valid JSON: {exc}") from None
+            body: Any = strictjson.loads(raw)
+        except strictjson.JSONRefused as exc:
+            raise PromptError("bad_json", f"message refused: {exc}") from None
     else:
         body = raw
     if not isinstance(body, Mapping):
@@ -330,8 +330,8 @@ def peek_request_id(raw: str | bytes | bytearray, limits: PromptLimits | None = 
     if len(raw) > limits.max_message_bytes:
         return None
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError):
+        body = strictjson.loads(raw)
+    except (strictjson.JSONRefused, TypeError):
         return None
     rid = body.get("request_id") if isinstance(body, dict) else None
     if isinstance(rid, str) and len(rid) <= limits.max_request_id_chars:
