@@ -21,7 +21,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="official (download on first use), random (seeded, offline), or a checkpoint path",
     )
-    p.add_argument("--image-size", type=int, default=None, help="model input size (default 1024)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="model input size (default: the variant's own, 1024; serve uses at most 512 on a CPU)",
+    )
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16"], help="CUDA autocast")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -99,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "image_size": model.image_size if model else None,
             "backend": settings.backend,
             "device": str(model.device) if model else None,
+            "model_step_ms": (
+                None if runtime.model_step_s is None else round(1000 * runtime.model_step_s, 1)
+            ),
             "palette": PALETTE,
             "limits": {
                 "max_peers": settings.max_peers,

@@ -46,6 +46,7 @@ class Runtime:
     segmenter: ImageSegmenter | None = None
     embeddings: EmbeddingCache | None = None
     start_error: str | None = None
+    model_step_s: float | None = None
 
     async def start(self) -> None:
         """Load and warm up the model off the loop, then start the worker; a failure is
@@ -66,18 +67,20 @@ class Runtime:
             import torch
 
             torch.set_num_threads(s.threads)
+        device = s.resolved_device()
         self.model = await asyncio.to_thread(
             load_model,
             s.model,
             weights=s.weights,
-            image_size=s.image_size,
-            device=s.resolved_device(),
+            image_size=s.image_size or cpu_default_image_size(s.model, device),
+            device=device,
             seed=s.seed,
             backend=s.backend,
         )
         self.metrics.set_model_info(self.model.description, s.backend, str(self.model.device))
         log.info("model ready: %s", self.model.description)
-        await asyncio.to_thread(self._warm_up)
+        self.model_step_s = await asyncio.to_thread(self._warm_up)
+        log.warning("%s", what_to_expect(self.model.description, self.model_step_s))
         self.segmenter = ImageSegmenter(self.model.graphs)
         self.embeddings = EmbeddingCache(
             s.image_cache_size, s.image_cache_bytes, s.image_cache_ttl_s
@@ -88,12 +91,17 @@ class Runtime:
         self.worker.start()
         self.ready = True
 
-    def _warm_up(self) -> None:
+    def _warm_up(self) -> float:
+        """Run every graph once; returns the time of one tracking step after warm-up,
+        so the server can say what speed to expect."""
         tracker = self.new_tracker()
         frame = np.zeros((64, 64, 3), np.uint8)
         tracker.step(frame, seq=0)
         tracker.add_prompt(0, points=[[32, 32]], labels=[1])
         tracker.step(frame, seq=1)
+        start = time.perf_counter()
+        tracker.step(frame, seq=2)
+        return time.perf_counter() - start
 
     def new_tracker(self) -> StreamTracker:
         assert self.model is not None
@@ -160,3 +168,28 @@ class Runtime:
             await asyncio.to_thread(self.worker.stop)
         if self._media_executor is not None:
             self._media_executor.shutdown(wait=False, cancel_futures=True)
+
+
+# Without a GPU, SAM 2.1 at 1024 px takes seconds per frame here (README, benchmarks);
+# 512 px keeps masks about a second old. An explicit --image-size always wins.
+CPU_IMAGE_SIZE = 512
+
+
+def cpu_default_image_size(model: str, device: str) -> int | None:
+    """The image size to use when none was asked for: the variant's own on a GPU, at
+    most CPU_IMAGE_SIZE on a CPU."""
+    if device != "cpu":
+        return None
+    from streamseg.model.registry import get_variant
+
+    return min(get_variant(model).image_size, CPU_IMAGE_SIZE)
+
+
+def what_to_expect(description: str, step_s: float) -> str:
+    """One line for the operator: how fast the model is and what viewers will see."""
+    return (
+        f"{description}: one model step takes about {1000 * step_s:.0f} ms "
+        f"(~{1 / max(step_s, 1e-6):.1f} model fps for one stream and track). Video comes "
+        f"back at the camera's rate; between model steps masks are carried forward, "
+        f"so they are up to ~{1000 * step_s:.0f} ms old (see the HUD's mask age)."
+    )
