@@ -1,18 +1,22 @@
-"""Unexpected failures: every surface answers them with code `internal` and an id that
-finds the traceback in the server log, counts them, and keeps the connection.
-
-The exception's text never reaches the client: it may carry paths, URLs with
-credentials or model internals."""
+"""Errors every HTTP surface shares. Unexpected failures: every surface answers them
+with code `internal` and an id that finds the traceback in the server log, counts
+them, and keeps the connection; the exception's text never reaches the client (it may
+carry paths, URLs with credentials or model internals). Model-validated JSON bodies go
+through the protocol's strict parser (`StrictJSONRoute`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import secrets
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streamseg.protocol import strictjson
 from streamseg.protocol.messages import internal_error_text
 from streamseg.server.metrics import Metrics
 
@@ -87,3 +91,29 @@ class InternalErrorMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body goes through the protocol's strict parser, so a body
+    FastAPI validates against a model is refused like every other client JSON."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = strictjson.loads(await self.body())
+            except strictjson.JSONRefused as exc:
+                message = f"the body is refused: {exc}"
+                raise HTTPException(422, {"code": "bad_json", "message": message}) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Route class for routers with model-validated JSON bodies (`route_class=`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict

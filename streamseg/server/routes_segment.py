@@ -9,7 +9,6 @@ import asyncio
 import base64
 import binascii
 import io
-import json
 from typing import Any, NoReturn
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from streamseg.model.errors import InvalidPromptError
 from streamseg.model.segmenter import ImageEmbedding, ImagePrompt, SegmentMask
 from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
+from streamseg.protocol import strictjson
 from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
 from streamseg.server.runtime import Runtime
@@ -27,6 +27,8 @@ from streamseg.server.security import requires
 
 router = APIRouter(prefix="/v1", tags=["segment"])
 MASK_FORMATS = ("png", "rle")
+# JSON bodies larger than this (base64 images) are parsed off the event loop.
+LOOP_PARSE_BYTES = 256 * 1024
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the turn that shows the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -91,6 +93,16 @@ def _upright(img: Image.Image) -> Image.Image:
     return img if method is None else img.transpose(method)
 
 
+async def _json(runtime: Runtime, raw: str | bytes, what: str) -> Any:
+    """Client JSON through the one strict parser (422 `bad_json`)."""
+    try:
+        if len(raw) > LOOP_PARSE_BYTES:
+            return await asyncio.to_thread(strictjson.loads, raw)
+        return strictjson.loads(raw)
+    except strictjson.JSONRefused as exc:
+        _refuse(runtime, 422, "bad_json", f"{what} is refused: {exc}")
+
+
 async def _inputs(
     request: Request, runtime: Runtime, need_prompts: bool
 ) -> tuple[np.ndarray, list[ImagePrompt], str]:
@@ -105,15 +117,9 @@ async def _inputs(
         raw_image = await upload.read()
         fields = {k: form.get(k) for k in ("prompts", "mask_format")}
         if isinstance(fields["prompts"], str):
-            try:
-                fields["prompts"] = json.loads(fields["prompts"])
-            except json.JSONDecodeError as exc:
-                _refuse(runtime, 422, "bad_json", f"'prompts' is not valid JSON: {exc}")
+            fields["prompts"] = await _json(runtime, fields["prompts"], "'prompts'")
     else:
-        try:
-            fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            _refuse(runtime, 422, "bad_json", f"body is not valid JSON: {exc}")
+        fields = await _json(runtime, body, "the body")
         if not isinstance(fields, dict) or not isinstance(fields.get("image_base64"), str):
             _refuse(runtime, 422, "missing_image", "JSON body needs 'image_base64'")
         try:
@@ -248,10 +254,7 @@ async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
     if embedding is None:
         _refuse(runtime, 404, "unknown_image", f"no image {image_id!r} (unknown or expired)")
     body = await _read_body(request, runtime)
-    try:
-        fields = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        _refuse(runtime, 422, "bad_json", f"body is not valid JSON: {exc}")
+    fields = await _json(runtime, body, "the body")
     if not isinstance(fields, dict):
         _refuse(runtime, 422, "bad_json", "body must be a JSON object")
     prompts = _prompts(runtime, fields.get("prompts"), required=True)

@@ -30,11 +30,12 @@ from streamseg.server.cameras import (
     prompt_limits,
     stream_metrics,
 )
+from streamseg.server.errors import StrictJSONRoute
 from streamseg.server.runtime import LimitReachedError, Runtime
 from streamseg.server.security import audit_note, requires
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/streams", tags=["streams"])
+router = APIRouter(prefix="/v1/streams", tags=["streams"], route_class=StrictJSONRoute)
 
 
 class StreamOptions(BaseModel):

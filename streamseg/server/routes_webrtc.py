@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from streamseg.media.webrtc import OfferError, PeerOptions, answer_offer
+from streamseg.server.errors import StrictJSONRoute
 from streamseg.server.runtime import LimitReachedError, Runtime
 from streamseg.server.security import audit_note, requires
 
-router = APIRouter(prefix="/v1/webrtc", tags=["webrtc"])
+router = APIRouter(prefix="/v1/webrtc", tags=["webrtc"], route_class=StrictJSONRoute)
 
 
 class OfferOptions(BaseModel):
