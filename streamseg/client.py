@@ -21,7 +21,10 @@
 
 `results()` reads the socket continuously in a task of its own and keeps only the
 newest message, so a control loop slower than the camera gets fresh masks, never a
-backlog (skipped messages are counted in `client.dropped`). It reconnects by itself
+backlog (skipped messages are counted in `client.dropped`). `rate="model"` (default)
+sends one message per frame the model processed; `rate="source"` one per camera frame,
+the newest masks moved onto it (`track.source == "propagated"`, `track.model_seq` the
+frame the model saw, `track.age_ms` how much older it is). It reconnects by itself
 with exponential backoff and jitter, and raises `StreamNotFoundError` once the server
 says the stream does not exist. For synchronous code (a ROS callback, a plain loop)
 `LatestResults` runs the same thing on a background thread.
@@ -63,6 +66,7 @@ from streamseg.protocol.messages import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RATES = ("model", "source")
 _SECRET_HEADERS = frozenset({"authorization", "sec-websocket-protocol"})
 
 
@@ -306,23 +310,30 @@ class StreamsegClient:
 
     # ---- websocket ---------------------------------------------------------------------
 
-    def ws_url(self, stream_id: str, encoding: str = "rle") -> str:
+    def ws_url(self, stream_id: str, encoding: str = "rle", rate: str = "model") -> str:
         base = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        return f"{base}/v1/streams/{stream_id}/masks?encoding={encoding}"
+        return f"{base}/v1/streams/{stream_id}/masks?encoding={encoding}&rate={rate}"
 
     def _count_drop(self) -> None:
         self.dropped += 1
 
     async def results(
-        self, stream_id: str, encoding: str = "rle", include_masks: bool = True
+        self,
+        stream_id: str,
+        encoding: str = "rle",
+        include_masks: bool = True,
+        rate: str = "model",
     ) -> AsyncIterator[Result]:
         """Decoded results, newest first-come, forever: reconnects after any drop,
-        raises StreamNotFoundError when the stream does not exist (or was deleted)."""
+        raises StreamNotFoundError when the stream does not exist (or was deleted).
+        `rate`: "model" (one per processed frame) or "source" (one per camera frame)."""
+        if rate not in RATES:
+            raise ValueError(f"rate must be one of {', '.join(RATES)}, not {rate!r}")
         backoff = self.backoff_initial_s
         while True:
             try:
                 async with websockets.connect(
-                    self.ws_url(stream_id, encoding),
+                    self.ws_url(stream_id, encoding, rate),
                     additional_headers=self.auth_headers(),
                     logger=_ws_log,
                     compression=None,
@@ -379,10 +390,17 @@ class LatestResults:
     """
 
     def __init__(
-        self, base_url: str, stream_id: str, encoding: str = "rle", token: str | None = None
+        self,
+        base_url: str,
+        stream_id: str,
+        encoding: str = "rle",
+        token: str | None = None,
+        rate: str = "model",
     ) -> None:
+        if rate not in RATES:
+            raise ValueError(f"rate must be one of {', '.join(RATES)}, not {rate!r}")
         self.client = StreamsegClient(base_url, token=token)
-        self.stream_id, self.encoding = stream_id, encoding
+        self.stream_id, self.encoding, self.rate = stream_id, encoding, rate
         self._cond = threading.Condition()
         self._result: Result | None = None
         self._error: BaseException | None = None
@@ -455,7 +473,7 @@ class LatestResults:
         if self._stopping.is_set():  # stop() came before the task existed
             return
         try:
-            async for result in self.client.results(self.stream_id, self.encoding):
+            async for result in self.client.results(self.stream_id, self.encoding, rate=self.rate):
                 with self._cond:
                     self._result = result
                     self._cond.notify_all()

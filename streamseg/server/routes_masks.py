@@ -1,5 +1,6 @@
 """The websocket mask feed of a camera stream, for robots: one binary message per
-processed frame, prompts in, latest-only per client."""
+processed frame (`rate=model`) or per incoming frame with the newest masks moved onto
+it (`rate=source`), prompts in, latest-only per client."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Protocol, cast
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from streamseg.media.frame import Frame
 from streamseg.media.slot import LatestSlot, SlotClosed
 from streamseg.model.errors import TrackerError
 from streamseg.pipeline.stream import StreamResult
@@ -46,6 +48,7 @@ from streamseg.server.cameras import (
 from streamseg.server.errors import report_internal
 from streamseg.server.runtime import Runtime
 from streamseg.server.security import accept_subprotocol, audit, requires
+from streamseg.server.source_rate_feed import RATES, Encoded, PlacedFrames, placed_frames
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
@@ -110,9 +113,10 @@ class _Feed:
     websocket: WebSocket
     runtime: Runtime
     camera: CameraStream
-    mailbox: LatestSlot[StreamResult]
+    mailbox: LatestSlot[StreamResult] | LatestSlot[Frame]
     encoding: MaskEncoding
     principal: Principal
+    placed: PlacedFrames | None = None  # set at rate=source
     masks: bool = True
     ended: str = "client_closed"
 
@@ -141,22 +145,39 @@ async def mask_feed(
             websocket, "bad_encoding", f"encoding must be one of {choices}", CLOSE_BAD_REQUEST
         )
         return
+    rate = websocket.query_params.get("rate", "model")
+    if rate not in RATES:
+        metrics.feed_closed.labels("bad_request").inc()
+        await _refuse(
+            websocket, "bad_rate", f"rate must be one of {', '.join(RATES)}", CLOSE_BAD_REQUEST
+        )
+        return
     session = camera.session
+    where = "websocket" if rate == "model" else "websocket_source"
 
-    def dropped(_: StreamResult) -> None:
+    def dropped(_: object) -> None:
         camera.websocket_drops += 1
-        runtime.metrics.count_drop(session.id, "websocket")
+        runtime.metrics.count_drop(session.id, where)
 
-    # Bound 1, policy `latest`: a newer result replaces an unsent one (counted).
-    feed = _Feed(websocket, runtime, camera, LatestSlot(on_drop=dropped), encoding, principal)
-    camera.feeds.add(feed.mailbox)
-    remove_sink = session.add_sink(feed.mailbox.put)
+    # Bound 1, policy `latest`: a newer result (or frame) replaces an unsent one (counted).
+    mailbox: LatestSlot[StreamResult] | LatestSlot[Frame]
+    if rate == "source":
+        placed = placed_frames(camera)  # its placer sees each frame before this feed does
+        mailbox = frames = LatestSlot[Frame](on_drop=dropped)
+        remove_sink = session.add_frame_sink(frames.put)
+    else:
+        placed = None
+        mailbox = results = LatestSlot[StreamResult](on_drop=dropped)
+        remove_sink = session.add_sink(results.put)
+    feed = _Feed(websocket, runtime, camera, mailbox, encoding, principal, placed)
+    camera.feeds.add(cast("LatestSlot[Any]", mailbox))  # only ever closed from there
     try:
         hello = hello_message(
             session.id,
             encoding=encoding,
             limits=prompt_limits(runtime),
             send_timeout_s=SEND_TIMEOUT_S,
+            rate=rate,
             state=camera.reader.state.value,
             width=camera.reader.width,
             height=camera.reader.height,
@@ -180,7 +201,7 @@ async def mask_feed(
     finally:
         remove_sink()
         feed.mailbox.close()
-        camera.feeds.discard(feed.mailbox)
+        camera.feeds.discard(cast("LatestSlot[Any]", mailbox))
         metrics.feed_closed.labels(feed.ended).inc()
         await _close(feed)
 
@@ -209,22 +230,36 @@ def _encode(camera: CameraStream, out: StreamResult, encoding: MaskEncoding | No
     return encode_frame_message(msg, encoded=blobs)
 
 
+def _encode_result(
+    camera: CameraStream, out: StreamResult, encoding: MaskEncoding | None
+) -> Encoded:
+    start = time.perf_counter()
+    data = _encode(camera, out, encoding)
+    return Encoded(data, out.frame.capture_ts, 0.0, time.perf_counter() - start)
+
+
 async def _send_results(feed: _Feed) -> None:
     camera, websocket = feed.camera, feed.websocket
     loop = asyncio.get_running_loop()
     executor = feed.runtime.media_executor()
     metrics = feed.runtime.metrics
+    sink = "websocket" if feed.placed is None else "websocket_source"
     while True:
         try:
-            out = await feed.mailbox.take_async()
+            item = await feed.mailbox.take_async()
         except SlotClosed:
             feed.ended = "stream_deleted"
             return
 
         encoding = feed.encoding if feed.masks else None
-        start = time.perf_counter()
-        data = await loop.run_in_executor(executor, _encode, camera, out, encoding)
+        if isinstance(item, Frame):
+            assert feed.placed is not None
+            # Moving masks costs milliseconds per frame: never on the event loop.
+            out = await loop.run_in_executor(executor, feed.placed.message, item, encoding)
+        else:
+            out = await loop.run_in_executor(executor, _encode_result, camera, item, encoding)
         encoded = time.perf_counter()
+        data = out.data
         try:
             await asyncio.wait_for(websocket.send_bytes(data), SEND_TIMEOUT_S)
         except TimeoutError:
@@ -232,9 +267,11 @@ async def _send_results(feed: _Feed) -> None:
             return
         except (WebSocketDisconnect, RuntimeError):
             return
-        metrics.observe_stage("mask_encode", encoded - start)
+        if feed.placed is not None:
+            metrics.observe_stage("propagate", out.place_s)
+        metrics.observe_stage("mask_encode", out.encode_s)
         metrics.observe_stage("send", time.perf_counter() - encoded)
-        metrics.observe_sent("websocket", out.frame.capture_ts, time.time())
+        metrics.observe_sent(sink, out.capture_ts, time.time())
 
 
 def _options(feed: _Feed, msg: SetOptions) -> dict[str, Any]:
@@ -301,7 +338,6 @@ class _Forbidden(Exception):
     """A prompt, remove or reset from a token without the `control` scope."""
 
     code = "forbidden"
-
 
 
 def feed_count(runtime: Runtime) -> int:
