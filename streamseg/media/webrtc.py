@@ -93,6 +93,7 @@ class PeerOptions:
     # "source": every incoming frame goes back with the newest masks moved onto it;
     # "model": one outgoing frame per model result, masks on their own frame.
     rate: str = "source"
+    interval: int = 1  # the model runs on every Nth incoming frame
 
 
 class OverlayTrack(MediaStreamTrack):
@@ -301,7 +302,7 @@ async def answer_offer(
         await pc.close()
         raise OfferError("the offer has no video track to segment")
     try:
-        stream = runtime.open_stream("webrtc")
+        stream = runtime.open_stream("webrtc", options.interval)
     except Exception:
         await pc.close()
         raise

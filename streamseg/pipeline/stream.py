@@ -3,6 +3,11 @@
 Sources (WebRTC reader, PyAV reader thread) call `submit_frame` from any thread;
 the inference worker takes the newest frame and calls `deliver` with the result,
 which is handed to the event loop and offered to every sink's one-slot mailbox.
+
+Interval inference (DeepStream's `interval`): a stream with `interval` N offers the
+model a frame only once N frames have arrived since its last model frame; the frames in
+between are skipped by choice (counted as `skipped`, not as drops) and still reach the
+frame sinks, so the source-rate outputs carry the masks forward over them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
 ResultSink = Callable[["StreamResult"], object]
 FrameSink = Callable[[Frame], object]
 _ids = itertools.count(1)
+# Largest inference interval a client may ask for: at 30 fps one model frame a second.
+MAX_INTERVAL = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,7 @@ class StreamCounters:
     received: int = 0
     processed: int = 0
     dropped: int = 0
+    skipped: int = 0  # not offered to the model because of the stream's interval
     errors: int = 0
     last_error: str | None = None
     last_error_ts: float | None = None  # so a reader can tell an old error from a current one
@@ -56,8 +64,12 @@ class StreamSession:
     id: str = field(default_factory=lambda: f"s{next(_ids)}")
     on_drop: Callable[[str], None] | None = None
     on_receive: Callable[[str], None] | None = None
+    interval: int = 1  # run the model on every `interval`-th frame at most
+    on_skip: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.interval, bool) or not 1 <= self.interval <= MAX_INTERVAL:
+            raise ValueError(f"interval must be a whole number from 1 to {MAX_INTERVAL}")
         # Bound 1, policy `latest`: a newer frame replaces an unprocessed one (counted).
         self.frames: LatestSlot[Frame] = LatestSlot(on_drop=self._dropped)
         self.counters = StreamCounters()
@@ -68,6 +80,12 @@ class StreamSession:
         # Replaced, never mutated, so a producer thread can iterate it without a lock.
         self._frame_sinks: tuple[tuple[int, FrameSink], ...] = ()
         self._source_rate: SourceRateMasks | None = None
+        # The interval gate: frames since the last model frame (None before the first,
+        # so the first frame is always due) and when the due frame started waiting.
+        # Its own lock, because a put under `_lock` would deadlock in `_dropped`.
+        self._gate = threading.Lock()
+        self._since_model: int | None = None
+        self._waiting_since: float | None = None
         self.closed = False
 
     # ---- producer side (any thread) -------------------------------------------------
@@ -84,8 +102,24 @@ class StreamSession:
             self.on_receive(self.id)
         for _, sink in self._frame_sinks:
             sink(frame)
-        self.frames.put(frame)
+        with self._gate:
+            if self._since_model is not None:
+                self._since_model += 1
+            due = self._since_model is None or self._since_model >= self.interval
+            if due:
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()
+                self.frames.put(frame)
+        if not due:
+            self._skipped()
+            return
         self._waker()
+
+    def _skipped(self) -> None:
+        with self._lock:
+            self.counters.skipped += 1
+        if self.on_skip is not None:
+            self.on_skip(self.id)
 
     def _dropped(self, frame: Frame) -> None:
         with self._lock:
@@ -99,8 +133,22 @@ class StreamSession:
     def has_frame(self) -> bool:
         return not self.closed and self.frames.has_item
 
+    @property
+    def waiting_since(self) -> float | None:
+        """Monotonic time since which a frame has been due for the model (None: none
+        is); the scheduler serves the stream waiting longest first."""
+        return self._waiting_since
+
     def take_frame(self) -> Frame | None:
-        return None if self.closed else self.frames.take_nowait()
+        """The due frame for the model, if any; it becomes the last model frame."""
+        if self.closed:
+            return None
+        with self._gate:
+            frame = self.frames.take_nowait()
+            if frame is not None:
+                self._since_model = 0
+                self._waiting_since = None
+        return frame
 
     def record_error(self, exc: BaseException) -> None:
         with self._lock:

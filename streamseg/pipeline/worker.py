@@ -2,8 +2,9 @@
 
 It wakes when a stream has a fresh frame or a job is queued, runs queued jobs
 (prompts, REST segmentations) first so a click lands before the next frame, then
-takes the newest frame of every stream with fresh work, encodes those images in
-one batch and steps each stream's tracker. Results go back to the event loop with
+takes the newest frame of each stream whose frame is due (its inference interval
+reached; longest-waiting first, up to `max_batch`), encodes those images in one
+batch and steps each stream's tracker. Results go back to the event loop with
 `call_soon_threadsafe`; the loop never waits on this thread.
 """
 
@@ -155,10 +156,18 @@ class InferenceWorker:
                 streams = list(self._streams.values())
             for job in jobs:
                 self._run_job(job)
-            taken = [(s, f) for s in streams if (f := s.take_frame()) is not None]
+            taken = [(s, f) for s in self._due(streams) if (f := s.take_frame()) is not None]
             taken = [(s, f) for s, f in taken if self._acceptable(s, f)]
-            for start in range(0, len(taken), self.max_batch):
-                self._step_batch(taken[start : start + self.max_batch])
+            if taken:
+                self._step_batch(taken)
+
+    def _due(self, streams: list[StreamSession]) -> list[StreamSession]:
+        """The next batch: streams with a frame due (their interval reached), the one
+        waiting longest first, so streams with different intervals share the model
+        fairly; the rest are served next round, with their then newest frame."""
+        due = [s for s in streams if s.has_frame]
+        due.sort(key=lambda s: s.waiting_since or 0.0)
+        return due[: self.max_batch]
 
     @staticmethod
     def _acceptable(stream: StreamSession, frame: Any) -> bool:

@@ -134,6 +134,8 @@ class CameraStream:
             "frames_received": c.received,
             "frames_processed": c.processed,
             "frames_dropped": c.dropped,
+            "frames_skipped": c.skipped,
+            "interval": self.session.interval,
             "websocket_clients": len(self.feeds),
             "websocket_drops": self.websocket_drops,
             "reconnects": r.reconnects,

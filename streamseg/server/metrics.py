@@ -102,6 +102,14 @@ class Metrics:
             ["stream", "where"],
             registry=r,
         )
+        self.frames_skipped = Counter(
+            "streamseg_frames_skipped",
+            "Frames not offered to the model by choice (reason `interval`: the stream's "
+            "inference interval); unlike drops they are expected, and still go out at "
+            "source rate with masks carried forward",
+            ["stream", "reason"],
+            registry=r,
+        )
         self.peers_active = Gauge("streamseg_peers_active", "Open WebRTC peers", registry=r)
         self.streams_active = Gauge(
             "streamseg_streams_active", "Live streams", ["kind"], registry=r
@@ -148,6 +156,11 @@ class Metrics:
                 wheres.add(where)
                 self.frames_dropped.labels(stream_id, where).inc()
 
+    def count_skip(self, stream_id: str, reason: str = "interval") -> None:
+        with self._series_lock:
+            if stream_id in self._live:
+                self.frames_skipped.labels(stream_id, reason).inc()
+
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Safe from any thread."""
         self.stage_seconds.labels(stage).observe(seconds)
@@ -185,6 +198,8 @@ class Metrics:
             for where in wheres:
                 with contextlib.suppress(KeyError):
                     self.frames_dropped.remove(stream_id, where)
+            with contextlib.suppress(KeyError):
+                self.frames_skipped.remove(stream_id, "interval")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

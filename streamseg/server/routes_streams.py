@@ -16,6 +16,7 @@ from streamseg.media.overlay import draw_overlay
 from streamseg.media.source_policy import policy_from_settings
 from streamseg.media.sources import SourceError, SourceOptions, SourceReader, vet_source
 from streamseg.model.errors import TrackerError
+from streamseg.pipeline.stream import MAX_INTERVAL
 from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
 from streamseg.protocol.prompts import (
     PromptError,
@@ -57,6 +58,15 @@ class StreamOptions(BaseModel):
         description="https/rtsps: verify the certificate and host name; false accepts any "
         "certificate for this stream (anyone on the path can then impersonate the camera)",
     )
+    interval: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_INTERVAL,
+        strict=True,
+        description="run the model on every Nth frame only (DeepStream's `interval`); the "
+        "frames between are skipped by choice, not dropped, and still go out at the "
+        "camera's rate with the masks carried forward",
+    )
 
 
 class StreamCreate(BaseModel):
@@ -82,7 +92,7 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         detail = {"code": "bad_url", "reason": exc.reason.value, "message": str(exc)}
         raise HTTPException(422, detail) from None
     try:
-        session = runtime.open_stream(parsed.kind)
+        session = runtime.open_stream(parsed.kind, body.options.interval)
     except LimitReachedError as exc:
         runtime.metrics.requests_rejected.labels("max_streams").inc()
         raise HTTPException(429, {"code": "limit", "message": str(exc)}) from None

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from streamseg.media.webrtc import OfferError, PeerOptions, answer_offer
+from streamseg.pipeline.stream import MAX_INTERVAL
 from streamseg.server.errors import StrictJSONRoute
 from streamseg.server.runtime import LimitReachedError, Runtime
 from streamseg.server.security import audit_note, requires
@@ -22,6 +23,8 @@ class OfferOptions(BaseModel):
     # "source": every camera frame comes back, newest masks moved onto it; "model": one
     # frame per model result.
     rate: Literal["source", "model"] = "source"
+    # Run the model on every Nth frame only; the video still comes back at source rate.
+    interval: int = Field(default=1, ge=1, le=MAX_INTERVAL, strict=True)
 
 
 class Offer(BaseModel):

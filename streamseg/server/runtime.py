@@ -116,7 +116,8 @@ class Runtime:
             ),
         )
 
-    def open_stream(self, kind: str) -> StreamSession:
+    def open_stream(self, kind: str, interval: int = 1) -> StreamSession:
+        """A new stream on the worker; `interval` N runs the model on every Nth frame."""
         if self.worker is None or not self.ready:
             raise LimitReachedError("the model is still loading; retry when /readyz is 200")
         if len(self.streams) >= self.settings.max_streams:
@@ -127,6 +128,8 @@ class Runtime:
             kind=kind,
             on_drop=self.metrics.count_drop,
             on_receive=self.metrics.count_received,
+            interval=interval,
+            on_skip=self.metrics.count_skip,
         )
         self.metrics.open_stream(stream.id)
         self.streams[stream.id] = stream
