@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from streamseg.model.errors import InvalidPromptError
 
@@ -18,15 +18,21 @@ _NORM: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def preprocess_image(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """RGB uint8 [H, W, 3] -> normalised [1, 3, S, S] on `device`."""
+    """RGB uint8 [H, W, 3] -> normalised [1, 3, S, S] on `device`.
+
+    Resized exactly as Meta's video predictor loads frames (PIL's `resize`: bicubic,
+    antialiased when shrinking, rounded to uint8), so masks equal the reference's on
+    camera-shaped frames too; OpenCV's bilinear resize flips random-weight masks there.
+    """
     if device not in _NORM:
         _NORM[device] = (
             torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1),
             torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1),
         )
     mean, std = _NORM[device]
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    x = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float() / 255.0
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    resized = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
+    x = torch.from_numpy(resized.copy()).to(device).permute(2, 0, 1)[None].float() / 255.0
     return (x - mean) / std
 
 

@@ -68,16 +68,21 @@ def _reference(
     frames: list[np.ndarray],
     prompts: list[PromptSpec],
     tmp: Path,
+    own_loading: bool = False,
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """(frame, obj) -> (video-res logits, low-res logits) from Meta's predictor,
     prompting each frame the way a live user would: propagate up to the frame,
-    add the prompt, continue."""
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(tmp / f"{i:05d}.jpg")
+    add the prompt, continue. With `own_loading` Meta reads the JPEG files itself
+    (`frames` must then be those files' decoded pixels); else it is given the frames
+    as the tracker preprocesses them."""
+    if not own_loading:
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"{i:05d}.jpg")
     with torch.inference_mode():
         state = model.init_state(str(tmp))
-        state["images"] = torch.cat([tracker.preprocess(f) for f in frames])
-        state["cached_features"] = {}
+        if not own_loading:
+            state["images"] = torch.cat([tracker.preprocess(f) for f in frames])
+            state["cached_features"] = {}
         out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         starts = sorted({p.frame for p in prompts})
         for n, start in enumerate(starts):
@@ -192,3 +197,28 @@ def test_prompt_on_recent_frame_lands_on_that_frame(
         mask, low = ours[key]
         assert _iou(mask, ref[key][0] > 0) >= 0.99, key
         np.testing.assert_allclose(low, ref[key][1], atol=LOGIT_ATOL, rtol=1e-4, err_msg=str(key))
+
+
+def test_meta_loading_its_own_jpeg_frames_agrees(reference_model: Any, tmp_path: Path) -> None:
+    """Camera-shaped 640x480 frames resized to the model's square input: Meta's
+    predictor loads the JPEG files through its own `init_state`; the tracker gets the
+    same decoded pixels and preprocesses them itself."""
+    from streamseg.media.synthetic import moving_scene
+
+    frames = []
+    for i, frame in enumerate(moving_scene(16, height=480, width=640, seed=5)):
+        path = tmp_path / f"{i:05d}.jpg"
+        Image.fromarray(frame).save(path, quality=90)
+        frames.append(np.asarray(Image.open(path).convert("RGB")))
+    prompts = [
+        PromptSpec(0, 1, [[150, 175]], [1]),
+        PromptSpec(0, 2, box=[400, 140, 580, 260]),
+    ]
+    tracker = StreamTracker(TorchGraphs(reference_model), TrackerSettings(max_cond_frames=8))
+    ours = _streaming(tracker, frames, prompts)
+    ref = _reference(reference_model, tracker, frames, prompts, tmp_path, own_loading=True)
+    assert set(ours) == set(ref)
+    worst = min(_iou(ours[key][0], ref[key][0] > 0) for key in ref)
+    assert worst >= 0.99, worst
+    for key in sorted(ref):
+        np.testing.assert_allclose(ours[key][1], ref[key][1], atol=LOGIT_ATOL, rtol=1e-4)
