@@ -42,7 +42,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "threads": args.threads,
     }
     limits = ("max_peers", "max_streams", "max_tracks", "max_frame_side", "max_upload_bytes")
-    for name in ("host", "port", "backend", *limits):
+    for name in ("host", "port", "drain_s", "backend", *limits):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     if getattr(args, "ice_host", None):
@@ -92,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from streamseg.server.app import InsecureBindError, create_app
     from streamseg.server.auth import AuthConfigError
+    from streamseg.server.serving import DrainingServer
 
     settings = _settings_from(args)
     try:
@@ -100,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(startup_banner(settings, app.state.auth), flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -109,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         ws_per_message_deflate=False,  # masks are already compact; deflate costs 5x throughput
     )
+    DrainingServer(config, app.state.runtime, settings.drain_s).run()
     return 0
 
 
@@ -134,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(serve)
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--drain-seconds",
+        dest="drain_s",
+        type=float,
+        default=None,
+        help="on a stop signal, answer /readyz 503 and keep serving this long (default 0)",
+    )
     serve.add_argument("--backend", default=None, choices=["auto", "torch", "onnx", "tensorrt"])
     serve.add_argument("--max-peers", type=int, default=None)
     serve.add_argument("--max-streams", type=int, default=None)

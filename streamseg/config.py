@@ -16,6 +16,7 @@ def _split(value: str) -> tuple[str, ...]:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
+    drain_s: float = 0.0  # after a stop signal: /readyz 503, keep serving this long
     model: str = "tiny"
     weights: str = "official"  # "official" (download), "random", or a checkpoint path
     image_size: int | None = None  # default: the variant's own

@@ -80,8 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
         worker = runtime.worker
-        ready = runtime.ready and worker is not None and worker.alive
-        body: dict[str, object] = {"ready": ready}
+        ready = runtime.ready and not runtime.draining and worker is not None and worker.alive
+        body: dict[str, object] = {"ready": ready, "draining": runtime.draining}
         if runtime.model is not None:
             body["model"] = runtime.model.description
         return JSONResponse(body, status_code=200 if ready else 503)

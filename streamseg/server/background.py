@@ -17,6 +17,7 @@ import uvicorn
 from streamseg.config import Settings
 from streamseg.server.app import create_app
 from streamseg.server.runtime import Runtime
+from streamseg.server.serving import DrainingServer
 
 
 class ServerStartError(RuntimeError):
@@ -64,7 +65,7 @@ def running_server(
         log_level="warning",
         ws_per_message_deflate=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.runtime, settings.drain_s)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"

@@ -37,6 +37,8 @@ class Runtime:
     model: LoadedModel | None = None
     worker: InferenceWorker | None = None
     ready: bool = False
+    draining: bool = False  # shutting down: /readyz answers 503 while requests still run
+    request_stop: Callable[[], None] | None = None  # as a stop signal would (set by the server)
     started_at: float = field(default_factory=time.time)
     streams: dict[str, StreamSession] = field(default_factory=dict)
     closers: dict[str, Closer] = field(default_factory=dict)
@@ -158,6 +160,7 @@ class Runtime:
         self.metrics.tracks_active.set(self.count_tracks())
 
     async def stop(self) -> None:
+        self.draining = True
         self.ready = False
         for name, closer in list(self.closers.items()):
             try:
