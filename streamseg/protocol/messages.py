@@ -35,8 +35,10 @@ from streamseg.protocol.prompts import PromptLimits
 
 SCHEMA_VERSION = 1
 # Optional additions within v1, which older v1 clients ignore: 2 = per-track `source`,
-# `model_seq` and `age_ms` (masks carried forward between model steps).
-SCHEMA_REVISION = 2
+# `model_seq` and `age_ms` (masks carried forward between model steps); 3 = `hello`
+# carries `rev`, `boot_id` and `epoch`, and `event` messages (state, lost/found) for
+# clients that ask for them with `?events=` (so older clients never see the new type).
+SCHEMA_REVISION = 3
 MaskSource = Literal["model", "propagated"]
 _MASK_SOURCES: tuple[MaskSource, ...] = ("model", "propagated")
 HEADER_LENGTH = struct.Struct(">I")
@@ -45,13 +47,25 @@ CLOSE_UNKNOWN_STREAM = 4404  # no such stream, or it was deleted
 CLOSE_BAD_REQUEST = 4422  # bad query parameters
 CLOSE_UNAUTHORIZED = 4401  # no token, or one the server does not know
 CLOSE_FORBIDDEN = 4403  # the token lacks the scope the feed needs
+CLOSE_NORMAL = 1000  # the client closed, or the server ended the feed normally
+CLOSE_SHUTDOWN = 1012  # the server is shutting down or restarting: reconnect later
+CLOSE_INTERNAL = 1011  # the feed failed inside the server
+# Events a websocket client may ask for with `?events=`.
+EVENT_KINDS = ("state", "tracks")
+SOURCE_STATES = ("connecting", "streaming", "stalled", "reconnecting", "error", "stopped")
+TRACK_EVENTS = ("lost", "found")
 CaptureSource = Literal["stream", "receive"]
 _CAPTURE_SOURCES: tuple[CaptureSource, ...] = ("stream", "receive")
-_SERVER_TYPES = frozenset({"hello", "error", "ack", "frame"})
+_SERVER_TYPES = frozenset({"hello", "error", "ack", "frame", "event"})
 
 
 class MessageError(ValueError):
     """A message that is malformed, of another schema version, or cannot be encoded."""
+
+
+class UnknownMessageType(MessageError):
+    """A server text message of a type this version does not know: a client may skip
+    it (a newer server's addition) rather than fail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,8 +497,9 @@ def hello_message(
 ) -> str:
     """The first text message on a connection: which stream, which mask encoding is in
     use and which are offered, and the prompt limits, so a client can stay inside them.
-    ``extra`` adds server facts (e.g. ``send_timeout_s``)."""
+    ``extra`` adds server facts (e.g. ``send_timeout_s``, ``boot_id``, ``epoch``)."""
     fields: dict[str, Any] = {
+        "rev": SCHEMA_REVISION,
         "stream_id": stream_id,
         "encoding": None if encoding is None else MaskEncoding(encoding).value,
         "encodings": [MaskEncoding(e).value for e in encodings],
@@ -520,6 +535,40 @@ def internal_error_message(error_id: str, request_id: str | None = None) -> str:
     return _control("error", fields, {})
 
 
+def state_event_message(
+    stream_id: str, state: str, previous: str | None, reason: str, message: str, ts: float
+) -> str:
+    """The camera's source entered `state` (from `previous`, null for the state at
+    subscription); `reason` is a code, `message` a sentence for people."""
+    if state not in SOURCE_STATES or (previous is not None and previous not in SOURCE_STATES):
+        raise MessageError(f"unknown source state {state!r} (from {previous!r})")
+    fields = {
+        "event": "state",
+        "stream_id": stream_id,
+        "state": state,
+        "previous": previous,
+        "reason": reason,
+        "message": message,
+        "ts": float(ts),
+    }
+    return _control("event", fields, {})
+
+
+def track_event_message(stream_id: str, event: str, track_id: int, seq: int, ts: float) -> str:
+    """Track `track_id` became visible (`found`) or not (`lost`) on frame `seq`,
+    captured at `ts`."""
+    if event not in TRACK_EVENTS:
+        raise MessageError(f"unknown track event {event!r}")
+    fields = {
+        "event": event,
+        "stream_id": stream_id,
+        "track_id": int(track_id),
+        "seq": int(seq),
+        "ts": float(ts),
+    }
+    return _control("event", fields, {})
+
+
 def ack_message(request_id: str | None, result: Mapping[str, Any] | None = None) -> str:
     """Success for a client request, with what it did (e.g. the new track id)."""
     return _control("ack", {"request_id": request_id, "result": result}, {})
@@ -535,5 +584,5 @@ def parse_server_text(text: str | bytes) -> dict[str, Any]:
     checked = dict(_object(body, "server message"))
     _check_version(checked)
     if checked.get("type") not in _SERVER_TYPES:
-        raise MessageError(f"unknown server message type {checked.get('type')!r}")
+        raise UnknownMessageType(f"unknown server message type {checked.get('type')!r}")
     return checked

@@ -11,11 +11,13 @@ import pytest
 
 from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.messages import (
+    SCHEMA_REVISION,
     SCHEMA_VERSION,
     FrameResultMessage,
     FrameTimes,
     MessageError,
     TrackResultMeta,
+    UnknownMessageType,
     ack_message,
     decode_frame_header,
     decode_frame_json,
@@ -27,6 +29,8 @@ from streamseg.protocol.messages import (
     hello_message,
     internal_error_message,
     parse_server_text,
+    state_event_message,
+    track_event_message,
 )
 from streamseg.protocol.prompts import PromptLimits
 
@@ -336,6 +340,7 @@ def test_control_messages() -> None:
     assert hello == {
         "v": 1,
         "type": "hello",
+        "rev": SCHEMA_REVISION,
         "stream_id": "s1",
         "encoding": "rle",
         "encodings": ["rle", "bitpack", "png"],
@@ -390,3 +395,58 @@ def test_parse_server_text() -> None:
     ]:
         with pytest.raises(MessageError, match=match):
             parse_server_text(text)
+    # A newer server's message type: a client can tell it from a broken message.
+    with pytest.raises(UnknownMessageType):
+        parse_server_text('{"v": 1, "type": "gossip"}')
+
+
+def test_golden_hello_and_events() -> None:
+    """Revision 3: hello carries rev, boot_id and epoch; events are text messages of
+    type `event`. If this fails the wire format changed."""
+    hello = hello_message(
+        "dock",
+        encoding="rle",
+        limits=PromptLimits(),
+        send_timeout_s=2.0,
+        rate="model",
+        state="streaming",
+        width=640,
+        height=480,
+        boot_id="7f3a9c2e41d05b86",
+        epoch="c41e0a9d7b2f6358",
+        events=["state", "tracks"],
+    )
+    assert hello == (FIXTURES / "hello_v1.json").read_text().strip()
+    assert parse_server_text(hello)["rev"] == SCHEMA_REVISION == 3
+    state, lost = (FIXTURES / "events_v1.jsonl").read_text().splitlines()
+    assert state == state_event_message(
+        "dock",
+        "reconnecting",
+        "streaming",
+        "ended",
+        "the stream ended (the server closed the connection)",
+        1764000000.25,
+    )
+    assert lost == track_event_message("dock", "lost", 1, 812, 1764000000.101)
+    assert parse_server_text(state)["state"] == "reconnecting"
+    assert parse_server_text(lost) == {
+        "v": 1,
+        "type": "event",
+        "event": "lost",
+        "stream_id": "dock",
+        "track_id": 1,
+        "seq": 812,
+        "ts": 1764000000.101,
+    }
+    with pytest.raises(MessageError, match="source state"):
+        state_event_message("dock", "dancing", None, "x", "y", 0.0)
+    with pytest.raises(MessageError, match="track event"):
+        track_event_message("dock", "gone", 1, 1, 0.0)
+
+
+def test_a_revision_2_message_still_decodes() -> None:
+    old = (FIXTURES / "frame_header_v1_rev2.json").read_text().strip()
+    assert json.loads(old)["rev"] == 2
+    msg, masks = decode_frame_message(_join(json.loads(old), b"\x66\x00\x00\x00"))
+    assert msg == _msg()
+    assert masks is not None and len(masks) == 2
