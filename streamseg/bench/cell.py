@@ -1,6 +1,8 @@
 """One benchmark cell: the real server on 127.0.0.1, `streams` camera streams reading
-the same source through PyAV (paced like a live camera, looping), `tracks` box prompts
-per stream, and one real websocket client per stream taking every mask message.
+the same source through PyAV (paced like a live camera, looping; the model on every
+`interval`-th frame), `tracks` box prompts per stream, one real websocket client per
+stream taking every mask message, and one browser viewer per stream (`bench/viewer.py`:
+the server's WebRTC overlay at source rate, pulled and VP8-encoded as aiortc does).
 
 Stage times are the server's own per-frame samples (`Metrics.samples`), the figures
 behind `/metrics` without the histogram buckets; rates and drops are read through the
@@ -23,7 +25,8 @@ import httpx
 import websockets
 
 from streamseg.bench.spec import GENERATED, CellSpec
-from streamseg.bench.stats import STAGES, percentiles_ms, spread, thin
+from streamseg.bench.stats import SOURCE_RATE_STAGES, STAGES, percentiles_ms, spread, thin
+from streamseg.bench.viewer import Outgoing, SourceRateViewers
 from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.protocol.messages import decode_frame_header
 from streamseg.server.metrics import StageSamples
@@ -91,6 +94,7 @@ async def _counters(http: httpx.AsyncClient, ids: list[str]) -> dict[str, int]:
         "frames_received": 0,
         "frames_processed": 0,
         "frames_dropped": 0,
+        "frames_skipped": 0,
         "websocket_drops": 0,
     }
     for stream_id in ids:
@@ -108,7 +112,7 @@ async def _open_streams(http: httpx.AsyncClient, spec: CellSpec, source: str) ->
             json={
                 "url": source,
                 "name": f"bench-{i}",
-                "options": {"loop": True, "realtime": True},
+                "options": {"loop": True, "realtime": True, "interval": spec.interval},
             },
         )
         if r.status_code != 201:
@@ -158,7 +162,9 @@ async def _measure(
         ws_base = url.replace("http://", "ws://", 1)
         feeds = [_Feed(f"{ws_base}/v1/streams/{i}/masks?encoding=rle", token) for i in ids]
         tasks = [asyncio.ensure_future(f.run()) for f in feeds]
+        viewers = SourceRateViewers(runtime, [runtime.streams[i] for i in ids])
         try:
+            await viewers.start()
             started = time.monotonic()
             await asyncio.sleep(spec.warmup_s)
             await _wait_for_results(feeds, 2, 300)
@@ -167,12 +173,14 @@ async def _measure(
             runtime.metrics.samples = samples
             for feed in feeds:
                 feed.take()
+            viewers.take()
             runs = [
-                await _run_once(http, spec, ids, feeds, samples, progress, k)
+                await _run_once(http, spec, ids, feeds, viewers, samples, progress, k)
                 for k in range(spec.runs)
             ]
         finally:
             runtime.metrics.samples = None
+            await viewers.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -181,7 +189,11 @@ async def _measure(
     errors = [f.error for f in feeds if f.error]
     if errors:
         raise CellError(f"websocket client failed: {errors[0]}")
-    return {"warmup_s": warmup_s, "runs": runs, "samples_dropped": samples.dropped}
+    return {
+        "warmup_s": warmup_s,
+        "runs": runs,
+        "samples_dropped": samples.dropped + viewers.dropped_records,
+    }
 
 
 async def _run_once(
@@ -189,12 +201,14 @@ async def _run_once(
     spec: CellSpec,
     ids: list[str],
     feeds: list[_Feed],
+    viewers: SourceRateViewers,
     samples: StageSamples,
     progress: Progress,
     index: int,
 ) -> dict[str, Any]:
     before = await _counters(http, ids)
     samples.take()
+    viewers.take()
     start = time.time()
     end_planned = start + spec.seconds
     while time.time() < end_planned:
@@ -209,6 +223,7 @@ async def _run_once(
         "counters": {k: after[k] - before[k] for k in after},
         "stages": samples.take(),
         "arrivals": [f.take() for f in feeds],
+        "video": viewers.take(),
     }
 
 
@@ -218,6 +233,40 @@ def delivery_rate(received: list[float]) -> float:
     if len(received) < 2 or received[-1] <= received[0]:
         raise CellError("fewer than two results arrived in a run")
     return (len(received) - 1) / (received[-1] - received[0])
+
+
+def _source_rate(
+    spec: CellSpec, runs: list[dict[str, Any]], stage_seconds: dict[str, list[float]]
+) -> dict[str, Any]:
+    """What the browser viewers got: video frames out per second, frame in -> overlay
+    handed to the encoder, the age of the masks drawn, and the egress stages."""
+    fps: list[float] = []
+    in_to_out: list[float] = []
+    ages_s: list[float] = []
+    encode_s: list[float] = []
+    frames_out = drops = 0
+    for run in runs:
+        fps.append(sum(delivery_rate([o.sent_ts for o in v["outgoing"]]) for v in run["video"]))
+        for viewer in run["video"]:
+            outgoing: list[Outgoing] = viewer["outgoing"]
+            in_to_out.extend(o.sent_ts - o.recv_ts for o in outgoing)
+            ages_s.extend(age / 1000 for o in outgoing for age in o.ages_ms)
+            encode_s.extend(viewer["encode_s"])
+            frames_out += len(outgoing)
+            drops += viewer["drops"]
+    stages = {s: stage_seconds[s] for s in SOURCE_RATE_STAGES if stage_seconds.get(s)}
+    if encode_s:
+        stages["video_encode"] = encode_s
+    return {
+        "video_fps": spread(fps),
+        "video_fps_per_stream": spread([f / spec.streams for f in fps]),
+        "in_to_out_ms": percentiles_ms(in_to_out),
+        "mask_age_ms": percentiles_ms(ages_s) if ages_s else None,
+        "stages_ms": {s: percentiles_ms(v) for s, v in stages.items()},
+        "frames_out": frames_out,
+        "drops": drops,
+        "drop_rate": drops / (frames_out + drops) if frames_out + drops else 0.0,
+    }
 
 
 def _summarise(spec: CellSpec, measured: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +308,7 @@ def _summarise(spec: CellSpec, measured: dict[str, Any]) -> dict[str, Any]:
             [round(t, 3), round(v * 1000, 2)] for t, v in thin(latency, LATENCY_POINTS)
         ],
         "samples_dropped": measured["samples_dropped"],
+        "source_rate": _source_rate(spec, runs, stage_seconds),
     }
 
 

@@ -37,6 +37,11 @@ def add_matrix_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frame-size", default="640x480", help="generated frame sizes, e.g. 640x480")
     g.add_argument("--streams", default="1,2", help="camera streams at once")
     g.add_argument("--tracks", default="1,3", help="tracked objects per stream")
+    g.add_argument(
+        "--interval",
+        default="1",
+        help="inference interval N per stream (the model on every Nth frame), e.g. 1,2,4",
+    )
     r = p.add_argument_group("measurement")
     r.add_argument(
         "--source",
@@ -76,6 +81,8 @@ def probe_frame_size(source: str) -> tuple[int, int]:
 
 
 def _cells(args: argparse.Namespace) -> list[CellSpec]:
+    from streamseg.pipeline.stream import MAX_INTERVAL  # imports torch: only when needed
+
     if args.runs < 1 or args.seconds <= 0 or args.warmup < 0 or not 1 <= args.source_fps <= 240:
         raise BenchSpecError("--runs >= 1, --seconds > 0, --warmup >= 0, --source-fps 1..240")
     backends = parse_list(args.backend, "backend")
@@ -93,6 +100,7 @@ def _cells(args: argparse.Namespace) -> list[CellSpec]:
         frame_sizes=frame_sizes,
         streams=parse_ints(args.streams, "streams", 1, 64),
         tracks=parse_ints(args.tracks, "tracks", 0, 64),
+        intervals=parse_ints(args.interval, "interval", 1, MAX_INTERVAL),
         source=args.source,
         source_fps=args.source_fps,
         seconds=args.seconds,

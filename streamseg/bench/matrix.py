@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from streamseg.bench.capacity import interval_capacity
 from streamseg.bench.child import MARK
 from streamseg.bench.machine import machine_info
 from streamseg.bench.spec import CellSpec, cell_label
@@ -70,7 +71,11 @@ def _done_line(label: str, row: dict[str, Any]) -> str:
     if result is None:
         return f"{label}: failed: {row['error']}"
     fps, lat = result["fps"]["median"], result["capture_to_sent_ms"]["p50"]
-    return f"{label}: {fps:.2f} fps, capture->sent p50 {lat:.0f} ms"
+    video = result["source_rate"]
+    return (
+        f"{label}: {fps:.2f} fps, capture->sent p50 {lat:.0f} ms; video "
+        f"{video['video_fps']['median']:.2f} fps, in->out p99 {video['in_to_out_ms']['p99']:.0f} ms"
+    )
 
 
 def run_matrix(
@@ -107,6 +112,7 @@ def run_matrix(
         "command": command,
         "machine": machine_info(),
         "cells": rows,
+        "interval_capacity": interval_capacity(rows),
     }
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from streamseg.bench.capacity import MODEL_DROPS, VIDEO_KEPT, interval_capacity
 from streamseg.bench.machine import describe
 from streamseg.bench.matrix import REPORT_SCHEMA
 from streamseg.bench.spec import cell_label
@@ -66,6 +67,32 @@ def problems(report: dict[str, Any]) -> Iterator[str]:
         whole = result["capture_to_sent_ms"]["mean"]
         if parts > whole * 1.001:
             yield f"{key}: stages add up to {parts:.2f} ms, more than capture->sent {whole:.2f} ms"
+        if "source_rate" in result:  # reports from before the source-rate columns lack it
+            yield from _source_rate_problems(key, row["spec"], result["source_rate"])
+
+
+def _source_rate_problems(key: str, spec: dict[str, Any], video: dict[str, Any]) -> Iterator[str]:
+    """The video figures: real, no more frames out than came in, and the composing
+    (propagation included) inside each frame's in -> out interval."""
+    figures = [("video fps", video["video_fps"]["median"])]
+    figures += [(f"in->out {q}", video["in_to_out_ms"][q]) for q in ("p50", "p99")]
+    figures += [(f"{s} {q}", v[q]) for s, v in video["stages_ms"].items() for q in ("p50", "p99")]
+    for name, value in figures:
+        if not is_real(value):
+            yield f"{key}: {name} = {value!r} is not a positive finite measurement"
+    age = video["mask_age_ms"]
+    if spec["tracks"] and (age is None or not all(age[q] >= 0 for q in ("p50", "p99"))):
+        yield f"{key}: mask age {age!r} is missing or negative"
+    most = spec["streams"] * spec["source_fps"] * 1.1
+    if video["video_fps"]["max"] > most:
+        yield f"{key}: {video['video_fps']['max']:.1f} video fps out, more than came in"
+    stages = video["stages_ms"]
+    in_out = video["in_to_out_ms"]["mean"]
+    if "overlay" in stages and stages["overlay"]["mean"] > in_out * 1.001:
+        yield f"{key}: composing took {stages['overlay']['mean']:.2f} ms, more than in->out"
+    composed = stages.get("overlay", {}).get("mean", float("inf")) * 1.001
+    if "propagate" in stages and stages["propagate"]["mean"] > composed:
+        yield f"{key}: propagation took longer than the composing that includes it"
 
 
 def _ms(value: float) -> str:
@@ -138,7 +165,76 @@ def format_tables(report: dict[str, Any]) -> str:
         "† WebRTC egress (browser path), measured per frame after the run at the cell's frame "
         "size and track count: compositing the masks, VP8 encoding as aiortc does"
     )
+    lines += _source_rate_table(report)
+    lines += _capacity_table(report)
     return "\n".join(lines)
+
+
+def _source_rate_table(report: dict[str, Any]) -> list[str]:
+    rows = [r for r in report["cells"] if r["result"] and "source_rate" in r["result"]]
+    if not rows:
+        return []
+    head = (
+        f"{'cell':34} {'video fps (min–max)':>22} {'/stream':>8} {'in→out p50':>11} "
+        f"{'p99':>7} {'age p50':>8} {'p99':>7} {'drops':>6} {'propagate':>11} "
+        f"{'overlay':>11} {'VP8':>11}"
+    )
+    lines = ["", "source-rate video (what a browser viewer gets), ms:", head, "-" * len(head)]
+    for row in rows:
+        video = row["result"]["source_rate"]
+        fps, in_out, age = video["video_fps"], video["in_to_out_ms"], video["mask_age_ms"]
+        stages = video["stages_ms"]
+        spread = f"{fps['median']:.2f} ({fps['min']:.2f}–{fps['max']:.2f})"
+        ages = (_ms(age["p50"]), _ms(age["p99"])) if age else ("–", "–")
+        lines.append(
+            f"{cell_label(row['spec']):34} {spread:>22} "
+            f"{video['video_fps_per_stream']['median']:8.2f} {_ms(in_out['p50']):>11} "
+            f"{_ms(in_out['p99']):>7} {ages[0]:>8} {ages[1]:>7} {video['drop_rate']:6.0%} "
+            + "".join(
+                f"{_p50_p99(stages.get(s)):>12}" for s in ("propagate", "overlay", "video_encode")
+            )
+        )
+    lines += [
+        "video fps: frames handed to the encoder per second, all streams; in→out: from a",
+        "frame's receipt to its composed overlay being handed to the encoder; age: of the",
+        "masks drawn on outgoing frames (capture time minus the model frame's); drops: frames",
+        "the viewer's one-frame mailbox replaced; propagate/overlay/VP8: p50/p99 per frame",
+        "(overlay includes propagate). The server's own WebRTC overlay track, pulled and",
+        "encoded as aiortc's sender does, on the server's loop; no RTP or network.",
+    ]
+    return lines
+
+
+def _capacity_table(report: dict[str, Any]) -> list[str]:
+    if all(r["spec"].get("interval", 1) == 1 for r in report["cells"]):
+        return []
+    head = (
+        f"{'setting':28} {'N':>3} {'streams':>8} {'video fps':>10} {'model fps':>10} "
+        f"{'lat p50':>8} {'in→out p99':>11} {'age p99':>8}"
+    )
+    lines = [
+        "",
+        "interval inference: most streams served per interval N with the model keeping up",
+        f"(drops < {MODEL_DROPS:.0%} of the frames due) and the video at ≥ {VIDEO_KEPT:.0%} "
+        "of the source rate, ms:",
+        head,
+        "-" * len(head),
+    ]
+    for entry in report.get("interval_capacity") or interval_capacity(report["cells"]):
+        spec = entry["spec"]
+        setting = cell_label({**spec, "streams": "n", "interval": 1}).replace(" ns×", " ")
+        if entry["streams"] is None:
+            tried = ",".join(map(str, entry["tried"])) or "none measured"
+            lines.append(f"{setting:28} {entry['interval']:>3} none kept up (streams {tried})")
+            continue
+        age = entry["mask_age_p99_ms"]
+        lines.append(
+            f"{setting:28} {entry['interval']:>3} {entry['streams']:>8} "
+            f"{entry['video_fps']:10.1f} {entry['model_fps']:10.1f} "
+            f"{_ms(entry['capture_to_sent_p50_ms']):>8} {_ms(entry['in_to_out_p99_ms']):>11} "
+            f"{'–' if age is None else _ms(age):>8}"
+        )
+    return lines
 
 
 def _p50_p99(figures: dict[str, float] | None) -> str:

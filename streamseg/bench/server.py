@@ -58,7 +58,7 @@ def _box_masks(
     return masks
 
 
-def _vp8_encoder() -> Any:
+def vp8_encoder() -> Any:
     """The encoder aiortc's sender uses for VP8."""
     from aiortc.codecs import get_encoder
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -73,7 +73,7 @@ def webrtc_egress_s(width: int, height: int, tracks: int, repeat: int) -> dict[s
 
     images = [scene_frame(i, height, width) for i in range(30)]  # moving, as video is
     masks = _box_masks(prompt_boxes(tracks, width, height), height, width)
-    encoder = _vp8_encoder()
+    encoder = vp8_encoder()
     composed = [av.VideoFrame.from_ndarray(draw_overlay(i, masks), format="rgb24") for i in images]
     counter = itertools.count()
 
@@ -107,7 +107,7 @@ def _overhead_row(w: int, h: int, repeat: int) -> dict[str, float]:
     )
     frame = Frame(0, image, time.time(), "receive", time.time())
     out = StreamResult("s", frame, FrameResult(0, 0, w, h, tracks, StageTimes()), 0.0, 0.0)
-    encoder = _vp8_encoder()
+    encoder = vp8_encoder()
     composed = av.VideoFrame.from_ndarray(draw_overlay(image, masks), format="rgb24")
     composed.pts, composed.time_base = 0, Fraction(1, 90_000)
     row = {

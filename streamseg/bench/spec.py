@@ -32,6 +32,7 @@ class CellSpec:
     threads: int | None = None
     device: str = "auto"
     dtype: str | None = None  # CUDA autocast: bfloat16 | float16
+    interval: int = 1  # the model runs on every Nth frame of each stream
 
     @property
     def key(self) -> str:
@@ -39,8 +40,13 @@ class CellSpec:
         return (
             f"{self.model}|{self.weights}|{self.backend}|{self.image_size}px|"
             f"{self.frame_width}x{self.frame_height}|{self.streams}s|{self.tracks}t|"
-            f"{self.source}|{self._runtime}"
+            f"{self.source}|{self._runtime}{self._interval}"
         )
+
+    @property
+    def _interval(self) -> str:
+        """Only when set, so cells of reports from before the flag still match."""
+        return f"|interval={self.interval}" if self.interval != 1 else ""
 
     @property
     def reference_key(self) -> str:
@@ -68,9 +74,11 @@ class CellSpec:
 
 def cell_label(spec: Mapping[str, Any], sep: str = " ") -> str:
     """How tables, progress lines and the plot name a cell (`spec` as in the report)."""
+    interval = spec.get("interval", 1)
     return (
         f"{spec['model']}@{spec['image_size']} {spec['backend']}{sep}"
         f"{spec['frame_width']}x{spec['frame_height']} {spec['streams']}s×{spec['tracks']}t"
+        + (f" N={interval}" if interval != 1 else "")
     )
 
 
@@ -116,6 +124,7 @@ def expand(
     frame_sizes: list[tuple[int, int]],
     streams: list[int],
     tracks: list[int],
+    intervals: list[int] | None = None,
     **common: Any,
 ) -> list[CellSpec]:
     """Every combination, cheapest first so early cells report early."""
@@ -129,10 +138,11 @@ def expand(
             frame_height=fh,
             streams=n,
             tracks=k,
+            interval=i,
             **common,
         )
-        for m, w, b, s, (fw, fh), n, k in itertools.product(
-            models, weights, backends, image_sizes, frame_sizes, streams, tracks
+        for m, w, b, s, (fw, fh), n, k, i in itertools.product(
+            models, weights, backends, image_sizes, frame_sizes, streams, tracks, intervals or [1]
         )
     ]
-    return sorted(cells, key=lambda c: (c.image_size, c.streams * c.tracks, c.streams))
+    return sorted(cells, key=lambda c: (c.image_size, c.streams * c.tracks, c.streams, c.interval))

@@ -14,6 +14,9 @@ from streamseg.server.metrics import TRACKER_STAGES
 STAGES = ("decode", "slot_wait", "batch_wait", *TRACKER_STAGES, "mask_encode", "send")
 # Stages that are consecutive parts of one frame's capture -> sent interval.
 WITHIN_CAPTURE_TO_SENT = STAGES[1:]
+# The source-rate video path (every incoming frame, newest masks moved onto it): moving
+# the masks, composing the frame (`overlay` includes `propagate`); the viewer adds VP8.
+SOURCE_RATE_STAGES = ("propagate", "overlay")
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:

@@ -67,10 +67,39 @@ def test_json_schema_and_every_figure_is_a_measurement(smallest: tuple[Path, str
     assert "random" in result["model"]["description"]
     times = [t for t, _ in result["latency_series"]]
     assert times == sorted(times) and all(_real(ms) for _, ms in result["latency_series"])
+    _check_source_rate(result, row["spec"])
     reference = row["reference"]
     assert _real(reference["fps"]["median"]) and reference["frames_measured"] >= 4
     assert _real(row["ratio"]["model_time"])
     assert list(problems(report)) == []
+
+
+def _check_source_rate(result: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The browser viewer's figures: every frame goes back (the model's rate does not
+    matter), in -> out holds the composing, masks are younger than a few model steps."""
+    video = result["source_rate"]
+    assert set(video) == {"video_fps", "video_fps_per_stream", "in_to_out_ms", "mask_age_ms",
+                          "stages_ms", "frames_out", "drops", "drop_rate"}  # fmt: skip
+    fps = video["video_fps"]
+    assert fps["runs"] == spec["runs"] and 0 < fps["min"] <= fps["median"] <= fps["max"]
+    assert fps["max"] <= spec["streams"] * spec["source_fps"] * 1.1  # no more out than in
+    # The model's results are far fewer; the video still comes back near the source rate.
+    assert video["video_fps_per_stream"]["median"] >= 0.5 * spec["source_fps"]
+    assert set(video["stages_ms"]) == {"propagate", "overlay", "video_encode"}
+    for name, figures in [*video["stages_ms"].items(), ("in->out", video["in_to_out_ms"]),
+                          ("age", video["mask_age_ms"])]:  # fmt: skip
+        assert set(figures) == PERCENTILES, name
+        # A mask drawn on the frame the model saw is 0 ms old; everything else is > 0.
+        real = [figures["mean"]] + ([] if name == "age" else [figures[q] for q in PERCENTILES])
+        assert all(map(_real, real)) and figures["p50"] >= 0, (name, figures)
+        assert figures["p50"] <= figures["p95"] <= figures["p99"], (name, figures)
+    stages = video["stages_ms"]
+    assert stages["propagate"]["mean"] <= stages["overlay"]["mean"]
+    assert stages["overlay"]["mean"] <= video["in_to_out_ms"]["mean"]
+    assert video["mask_age_ms"]["n"] == video["frames_out"] * spec["tracks"]
+    assert video["mask_age_ms"]["p50"] < 2000
+    assert video["frames_out"] >= result["frames"]["frames_processed"]
+    assert 0 <= video["drop_rate"] < 1
 
 
 def test_plot_and_table(smallest: tuple[Path, str]) -> None:
@@ -78,6 +107,30 @@ def test_plot_and_table(smallest: tuple[Path, str]) -> None:
     with Image.open(out / "bench.png") as image:
         assert image.format == "PNG" and image.width > 600 and image.height > 400
     assert "--- cell" in log and "--- reference" in log
+
+
+def test_interval_matrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--interval makes cells per N; a cell with N = 3 runs the model on about a third
+    of the frames, its video still covers them, and the capacity table shows per N."""
+    rc = main([*SMALLEST, "--runs", "1", "--no-reference", "--no-plot", "--interval", "1,3",
+               "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "interval inference" in out and "source-rate video" in out
+    report = load_report(tmp_path / "bench.json")
+    by_interval = {row["spec"]["interval"]: row for row in report["cells"]}
+    assert set(by_interval) == {1, 3} and by_interval[3]["key"].endswith("|interval=3")
+    assert "|interval=" not in by_interval[1]["key"]  # older reports' keys still match
+    every, third = by_interval[1]["result"], by_interval[3]["result"]
+    frames = third["frames"]
+    assert frames["frames_skipped"] > 0 and every["frames"]["frames_skipped"] == 0
+    assert frames["frames_processed"] <= frames["frames_received"] / 3 + 2
+    assert frames["frames_skipped"] >= frames["frames_processed"]
+    _check_source_rate(third, by_interval[3]["spec"])
+    assert third["source_rate"]["video_fps"]["median"] > 2 * third["fps"]["median"]
+    capacity = report["interval_capacity"]
+    assert [entry["interval"] for entry in capacity] == [1, 3]
+    assert list(problems(report)) == []
 
 
 def test_compare_with_itself(smallest: tuple[Path, str], capsys: pytest.CaptureFixture[str],

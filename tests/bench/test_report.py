@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from streamseg.bench.capacity import interval_capacity
 from streamseg.bench.report import (
     BenchReportError,
     format_comparison,
@@ -17,10 +18,12 @@ from streamseg.bench.report import (
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report.json"
+# A real report with the source-rate video figures and interval cells (N = 1, 2).
+INTERVALS = Path(__file__).parent / "fixtures" / "report_interval.json"
 
 
-def _report() -> dict[str, Any]:
-    report: dict[str, Any] = json.loads(FIXTURE.read_text())
+def _report(path: Path = FIXTURE) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
     return report
 
 
@@ -30,6 +33,51 @@ def test_fixture_has_no_problems_and_renders() -> None:
     text = format_tables(report)
     assert "test@128 torch 160x120 2s×1t" in text and "failed: CellError" in text
     assert "encoder" in text and "mem.attn" in text
+
+
+def test_source_rate_and_interval_tables() -> None:
+    report = _report(INTERVALS)
+    assert list(problems(report)) == []
+    text = format_tables(report)
+    assert "source-rate video" in text and "in→out p50" in text and "age p50" in text
+    assert "test@128 torch 160x120 2s×1t N=2" in text
+    capacity = text.split("interval inference")[1].splitlines()
+    rows = [line for line in capacity if line.startswith("test@128 torch 160x120 1t")]
+    assert [line.split()[4] for line in rows] == ["1", "2"]  # one row per N
+    # The report stores the capacity; recomputing it from the cells gives the same.
+    assert report["interval_capacity"] == interval_capacity(report["cells"])
+    old = _report()  # from before the source-rate columns: no video table, still valid
+    assert "source-rate video" not in format_tables(old) and list(problems(old)) == []
+
+
+def test_problems_in_the_source_rate_figures() -> None:
+    report = _report(INTERVALS)
+    video = report["cells"][0]["result"]["source_rate"]
+    video["video_fps"]["max"] = 1000.0
+    video["in_to_out_ms"]["p99"] = math.inf
+    video["mask_age_ms"] = None
+    video["stages_ms"]["propagate"]["mean"] = 10 * video["stages_ms"]["overlay"]["mean"]
+    found = list(problems(report))
+    assert any("more than came in" in p for p in found)
+    assert any("in->out p99" in p for p in found) and any("mask age" in p for p in found)
+    assert any("propagation took longer" in p for p in found)
+
+
+def test_interval_capacity_takes_the_most_streams_that_kept_up() -> None:
+    report = _report(INTERVALS)
+    rows = copy.deepcopy(report["cells"])
+    for row in rows:  # every cell kept up: the two-stream cells are the capacity
+        row["result"]["frames"]["frames_dropped"] = 0
+        row["result"]["source_rate"]["video_fps_per_stream"]["median"] = 30.0
+    got = {e["interval"]: e["streams"] for e in interval_capacity(rows)}
+    assert got == {1: 2, 2: 2}
+    rows[2]["result"]["frames"]["frames_dropped"] = 10**6  # N=1, two streams: fell behind
+    by_n = {e["interval"]: e for e in interval_capacity(rows)}
+    assert by_n[1]["streams"] == 1 and by_n[1]["tried"] == [1, 2]
+    for row in rows:
+        row["result"]["source_rate"]["video_fps_per_stream"]["median"] = 5.0  # video too slow
+    assert all(e["streams"] is None for e in interval_capacity(rows))
+    assert "none kept up" in format_tables({**report, "cells": rows, "interval_capacity": None})
 
 
 def test_problems_name_figures_that_are_not_measurements() -> None:

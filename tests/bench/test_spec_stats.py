@@ -44,6 +44,23 @@ def test_matrix_is_every_combination_cheapest_first() -> None:
     }
 
 
+def test_intervals_are_cells_and_keep_old_keys() -> None:
+    common = dict(models=["test"], weights=["random"], backends=["torch"], image_sizes=[128],
+                  frame_sizes=[(160, 120)], tracks=[1])  # fmt: skip
+    cells = expand(streams=[2, 1], intervals=[4, 1, 2], **common)  # type: ignore[arg-type]
+    assert [(c.streams, c.interval) for c in cells] == [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2),
+                                                        (2, 4)]  # fmt: skip
+    plain = expand(streams=[1], **common)  # type: ignore[arg-type]
+    assert plain[0].interval == 1 and plain[0].key == cells[0].key
+    assert "|interval=" not in plain[0].key and cells[2].key.endswith("|interval=4")
+    assert cells[2].reference_key == cells[0].reference_key  # the model's work is the same
+    assert parse_ints("1,2,4", "interval", 1, 30) == [1, 2, 4]
+    with pytest.raises(BenchSpecError, match="outside"):
+        parse_ints("0", "interval", 1, 30)
+    old = {k: v for k, v in cells[0].to_json().items() if k != "interval"}
+    assert CellSpec.from_json(old).interval == 1  # a spec from before the flag
+
+
 def test_cell_spec_round_trip_and_unknown_fields() -> None:
     spec = CellSpec("test", "random", "torch", 128, 160, 120, 1, 1)
     assert CellSpec.from_json(spec.to_json()) == spec
