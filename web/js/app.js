@@ -24,6 +24,8 @@ const state = {
   requestId: 0,
   framesShown: 0,
   fpsReceived: 0,
+  modelSteps: 0, // model results seen in the metadata (distinct infer_end)
+  stepEnds: [], // infer_end of the last few model steps (server clock, seconds)
   rtt: [],
   shownIndex: null,
   localSeen: new Map(),
@@ -131,6 +133,7 @@ function onMessage(event) {
   if (body.type === "frame") {
     state.lastMeta = body;
     state.seqmap.addMetadata(body);
+    countModelStep(body.times);
     return;
   }
   const waiter = state.pending.get(body.request_id);
@@ -140,6 +143,32 @@ function onMessage(event) {
   } else if (body.type === "error") {
     showMessage(`server: ${body.message}`);
   }
+}
+
+// Between model steps every frame carries the newest step's inference times, so one
+// step is one distinct infer_end (this works with no object tracked, where there is no
+// model_seq to count). Before the first result infer_start equals infer_end.
+function countModelStep(times) {
+  const ends = state.stepEnds;
+  if (times.infer_end > times.infer_start && times.infer_end !== ends[ends.length - 1]) {
+    ends.push(times.infer_end);
+    if (ends.length > 8) ends.shift();
+    state.modelSteps++;
+  }
+}
+
+// Model steps per second over the last few steps, from their server times: a model at
+// 0.3 steps/s would read 0 or 1 in a per-second count.
+function modelFps() {
+  const ends = state.stepEnds;
+  if (ends.length < 2) return null;
+  return (ends.length - 1) / (ends[ends.length - 1] - ends[0]);
+}
+
+// How old the newest frame's masks are: 0 when the model ran on that very frame.
+function maskAge(meta) {
+  if (!meta || !meta.tracks.length) return null;
+  return Math.max(...meta.tracks.map((t) => t.age_ms || 0));
 }
 
 async function prompt(message) {
@@ -340,7 +369,11 @@ async function connect() {
       body: JSON.stringify({
         sdp: pc.localDescription.sdp,
         type: "offer",
-        options: { overlay: $("overlay").checked, masks_in_metadata: params.has("masks") },
+        options: {
+          overlay: $("overlay").checked,
+          masks_in_metadata: params.has("masks"),
+          rate: $("rate").value,
+        },
       }),
     });
     if (!response.ok) {
@@ -404,6 +437,10 @@ async function updateHud() {
   lastShown = state.framesShown;
   $("hud-recv").textContent = state.fpsReceived;
   const meta = state.lastMeta;
+  const fps = modelFps();
+  if (fps !== null) $("hud-model-fps").textContent = fps.toFixed(fps < 10 ? 1 : 0);
+  const age = maskAge(meta);
+  $("hud-age").textContent = age === null ? "–" : `${age.toFixed(0)} ms`;
   if (state.pc) {
     const stats = await state.pc.getStats();
     let networkRtt = null;
@@ -464,6 +501,7 @@ window.streamseg = {
   get shownMeta() { return state.shownMeta; },
   get objects() { return [...state.objects.keys()]; },
   get framesShown() { return state.framesShown; },
+  get modelSteps() { return state.modelSteps; },
   get rttSamples() { return [...state.rtt]; },
   // One consistent view of the frame on screen: its metadata, barcode and pixels.
   // `fractions`: [[fx, fy], ...] in 0..1 of the frame's width and height.
