@@ -30,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -41,6 +42,14 @@ import av.error
 import numpy as np
 
 from streamseg.media.frame import Frame
+from streamseg.media.ingest import (
+    ArrivalClock,
+    ClockChoice,
+    ClockSwitch,
+    SenderClock,
+    parse_reference_time,
+    parse_sender_report,
+)
 from streamseg.media.source_policy import (
     LASTING_REASONS,
     REASON_TEXT,
@@ -63,6 +72,7 @@ __all__ = [
     "ErrorRecord",
     "Reason",
     "SourceError",
+    "SourceEvent",
     "SourceKind",
     "SourceOptions",
     "SourcePolicy",
@@ -98,18 +108,55 @@ class _NoFrames(Exception):
     """Packets keep coming but none decodes to a frame."""
 
 
+# Gone rather than misbehaving: probed cheaply and opened as soon as it answers.
+DOWN_REASONS = frozenset({Reason.REFUSED, Reason.UNREACHABLE, Reason.TIMEOUT, Reason.ENDED})
+PROBE_FIRST_S = 0.05  # the first probe after a loss; then doubling up to probe_interval_s
+EVENTS_KEPT = 32  # recent events on the reader (oldest dropped)
+PENDING_KEPT = 64  # stamps of packets in the decoder whose frame has not come out
+SKIP_LOG_S = 10.0  # ingest skips are logged at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """A change in how frames are made that a client should hear about, not only find in
+    a metric: `clock` (frames are now stamped with another clock; `data`: previous,
+    current, reason, skew_s) and `ingest_skip` (the decoder fell `lag_s` behind
+    arrival; packets are discarded up to the next keyframe)."""
+
+    kind: str
+    at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """What a packet brought besides its bytes: when it arrived (estimated, see
+    `ArrivalClock`) and its capture time by the sender's clock, if it has one."""
+
+    arrival: float
+    stream: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class SourceOptions:
     transport: Transport = "tcp"  # rtsp only
     loop: bool = False  # files only: start again at the end
     realtime: bool = True  # files only: pace frames at their frame rate
-    stall_timeout_s: float = 5.0  # no frame for this long -> stalled
+    stall_timeout_s: float = 5.0  # no packet arrived (or no frame) for this long -> stalled
     open_timeout_s: float = 3.0
     read_timeout_s: float = 3.0
+    # Waits between connection attempts to a source that answers but fails (or drops
+    # right after connecting); doubled per failure, with jitter.
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
-    # A stream clock (RTCP sender reports) further than this from ours is not trusted.
+    # A source that is gone (refused, unreachable, timed out, closed after streaming)
+    # is probed with a TCP connect at most this far apart and opened once it answers.
+    probe_interval_s: float = 0.25
+    # A stream clock (RTCP sender reports) further than this from arrival is not trusted.
     max_clock_skew_s: float = 10.0
+    # Live sources: a decoder further behind packet arrival than this skips to the
+    # next keyframe, discarding packets undecoded (counted as ingest drops).
+    max_lag_s: float = 1.0
     # https/rtsps: verify the certificate and host name (an explicit per-stream opt-out).
     tls_verify: bool = True
 
@@ -248,9 +295,15 @@ def diagnose(
 class SourceReader:
     """Reads one source in a daemon thread and hands each decoded frame to `sink`.
 
-    `sink` and `on_decode` run on the reader thread: they must be thread-safe and quick.
-    The URL is checked against `policy` here (text) and before every connection (DNS,
-    paths); SourceError when the text alone rules it out.
+    `sink`, `on_decode`, `on_drop` and `on_event` run on the reader thread: they must
+    be thread-safe and quick. The URL is checked against `policy` here (text) and
+    before every connection (DNS, paths); SourceError when the text alone rules it out.
+
+    Live sources (all but files) never run behind: each packet's lag against arrival is
+    measured (`media/ingest.py: ArrivalClock`) and a decoder more than `max_lag_s`
+    behind discards packets undecoded up to the next keyframe that is within the bound
+    (`on_drop("ingest_skip")` per packet). `stalled` is judged from packet arrival, so
+    a backlog being decoded cannot hide a frozen camera.
     """
 
     def __init__(
@@ -260,6 +313,8 @@ class SourceReader:
         options: SourceOptions | None = None,
         on_decode: Callable[[float], None] | None = None,
         policy: SourcePolicy | None = None,
+        on_drop: Callable[[str], None] | None = None,
+        on_event: Callable[[SourceEvent], None] | None = None,
     ) -> None:
         self.url = url
         self.policy = policy or SourcePolicy()
@@ -271,6 +326,8 @@ class SourceReader:
         self.options = options
         self._sink = sink
         self._on_decode = on_decode
+        self._on_drop = on_drop
+        self._on_event = on_event
         self._state = SourceState.CONNECTING
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -278,18 +335,34 @@ class SourceReader:
         )
         self.error: ErrorRecord | None = None
         self.last_frame_ts: float | None = None
+        self.last_packet_ts: float | None = None  # when the newest packet arrived (estimated)
         self.last_capture_source: str | None = None
         self.last_capture_lag_s: float | None = None  # receive time - capture time
+        self.ingest_lag_s: float | None = None  # the newest packet: read time - arrival
+        self.ingest_drops = 0  # packets discarded undecoded to catch up
+        self.ingest_skips = 0  # times the decoder fell behind and skipped
+        self.probes = 0  # reachability probes while the source was down
         self.reconnects = 0
         self.frames = 0
         self.width: int | None = None
         self.height: int | None = None
         self.connected_at: float | None = None  # when the current connection's first frame came
+        # Recent events (bounded, oldest dropped); `on_event` sees every one.
+        self.events: deque[SourceEvent] = deque(maxlen=EVENTS_KEPT)
+        self._clock = ClockChoice(options.max_clock_skew_s)
         self._seq = 0
+        self._skipping = False
+        self._skip_logged = 0.0
+        self._skips_unlogged = 0
 
     @property
     def public_url(self) -> str:
         return redact(self.url)
+
+    @property
+    def clock_switches(self) -> int:
+        """Times frames changed capture clock (each also an event and a log line)."""
+        return self._clock.switches
 
     @property
     def last_error(self) -> str | None:
@@ -301,10 +374,15 @@ class SourceReader:
 
     @property
     def state(self) -> SourceState:
-        """The current state; `stalled` is judged now, from the last frame's time."""
-        state, last = self._state, self.last_frame_ts
-        stalled = last is not None and time.time() - last > self.options.stall_timeout_s
-        return SourceState.STALLED if state is SourceState.STREAMING and stalled else state
+        """The current state; `stalled` is judged now: no packet has arrived (by the
+        wall clock, see `last_packet_ts`) or no frame came for `stall_timeout_s`."""
+        state = self._state
+        if state is not SourceState.STREAMING:
+            return state
+        packet, frame = self.last_packet_ts, self.last_frame_ts
+        oldest = min(packet if packet is not None else 0.0, frame if frame is not None else 0.0)
+        stalled = time.time() - oldest > self.options.stall_timeout_s
+        return SourceState.STALLED if stalled else state
 
     def start(self) -> None:
         self._thread.start()
@@ -332,6 +410,12 @@ class SourceReader:
         self.error = record_error(self.error, reason.value, message)
         log.warning("source %s: %s", self.public_url, self.error.text)
 
+    def _event(self, kind: str, **data: Any) -> None:
+        event = SourceEvent(kind, time.time(), data)
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+
     def _open(self) -> Any:
         o = self.options
         target = resolve_source(self.parsed, self.policy)  # again: DNS may have changed
@@ -352,33 +436,83 @@ class SourceReader:
         return av.open(spec.url, **kwargs)
 
     def _run(self) -> None:
-        backoff = self.options.backoff_initial_s
+        o = self.options
+        backoff = o.backoff_initial_s
         while not self._stop.is_set():
-            self._state = SourceState.CONNECTING
             self.connected_at = None
-            lasting = False
             attempt = time.monotonic()
+            reason: Reason | None
             try:
                 ending = self._read_once()
+                reason = Reason.ENDED if ending == "disconnected" else None
             except Exception as exc:  # PyAV raises many types; all mean "no stream now"
                 reason = self._reason(exc, time.monotonic() - attempt)
                 self._record(reason, self._describe(exc, reason))
-                lasting = reason in LASTING_REASONS
                 ending = "disconnected"
             if self._stop.is_set() or ending == "ended":
                 break
             if ending == "loop":
                 continue
-            if lasting:
-                backoff = self.options.backoff_max_s
-            elif self._streamed_for() >= 1.0:
-                backoff = self.options.backoff_initial_s  # a real outage: retry soon
-            self._state = SourceState.ERROR if lasting else SourceState.RECONNECTING
             self.reconnects += 1
-            delay = min(backoff * (0.5 + random.random()), self.options.backoff_max_s)
-            backoff = min(backoff * 2, self.options.backoff_max_s)
+            streamed = self._streamed_for() >= 1.0
+            if reason in LASTING_REASONS:
+                # Retrying soon will not help, but a camera can be reconfigured.
+                self._state = SourceState.ERROR
+                backoff = o.backoff_max_s
+            elif reason in DOWN_REASONS and (reason is not Reason.ENDED or streamed):
+                # Gone rather than misbehaving: probe, and connect the moment it is back.
+                self._state = SourceState.RECONNECTING
+                backoff = o.backoff_initial_s
+                self._probe_until_up()
+                continue
+            else:
+                # It answered, but badly, or dropped right after connecting: back off.
+                self._state = SourceState.RECONNECTING
+                if streamed:
+                    backoff = o.backoff_initial_s
+            delay = min(backoff * (0.5 + random.random()), o.backoff_max_s)
+            backoff = min(backoff * 2, o.backoff_max_s)
             self._stop.wait(delay)
         self._state = SourceState.STOPPED
+
+    def _probe_until_up(self) -> None:
+        """Wait until the source would accept a connection: a TCP connect (network
+        sources) or the device node (V4L2), first after 50 ms, then doubling up to
+        `probe_interval_s`. However long the outage, the camera is opened within one
+        interval of its return; a dead one costs one SYN per interval."""
+        interval = min(PROBE_FIRST_S, self.options.probe_interval_s)
+        while not self._stop.wait(interval * (0.8 + 0.4 * random.random())):
+            self.probes += 1
+            if self._reachable():
+                return
+            interval = min(interval * 2, self.options.probe_interval_s)
+
+    def _reachable(self) -> bool:
+        """Blocking, at most one probe interval per address (DNS aside). A name that
+        now resolves somewhere forbidden counts as reachable: opening it reports why."""
+        p = self.parsed
+        if p.kind == "v4l2":
+            return os.path.exists(p.target)
+        if p.host is None or p.port is None:
+            return True
+        try:
+            infos = socket.getaddrinfo(p.host, p.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return False
+        try:
+            check_addresses(p.host, [str(info[4][0]) for info in infos], self.policy)
+        except SourceError:
+            return True
+        timeout = max(0.05, min(self.options.probe_interval_s, self.options.open_timeout_s))
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.settimeout(timeout)
+                try:
+                    probe.connect(address)
+                except OSError:
+                    continue
+                return True
+        return False
 
     def _reason(self, exc: Exception, elapsed: float) -> Reason:
         reason = reason_for(exc, timed_out=self._timed_out(exc, elapsed))
@@ -454,7 +588,13 @@ class SourceReader:
         codec.options = {**codec.options, "max_pixels": str(side * side)}
         # Frame threading would add two frames of latency; slice threading adds none.
         stream.thread_type = "SLICE"
+        live = self.kind != "file"
         pace = self.kind == "file" and self.options.realtime
+        # Per connection: a new connection is a new RTP timeline and sender clock.
+        arrivals = ArrivalClock()
+        senders = SenderClock(float(1 / stream.time_base)) if stream.time_base else None
+        stamps: OrderedDict[int | None, _Stamp] = OrderedDict()  # by pts, oldest first
+        self._skipping = False
         started = time.monotonic()
         progress = time.monotonic()
         no_frames_limit = max(2 * self.options.stall_timeout_s, self.options.read_timeout_s)
@@ -462,6 +602,14 @@ class SourceReader:
         for packet in container.demux(stream):  # the last, empty packet flushes
             if self._stop.is_set():
                 break
+            if packet.size:
+                stamp, lag = self._stamp(packet, arrivals, senders)
+                if live and self._skip(packet, lag, codec, stamps):
+                    progress = time.monotonic()  # skipping by choice, not a broken stream
+                    continue
+                stamps[packet.pts] = stamp
+                while len(stamps) > PENDING_KEPT:
+                    stamps.popitem(last=False)
             start = time.perf_counter()
             try:
                 decoded = packet.decode()
@@ -478,7 +626,7 @@ class SourceReader:
                     first_time = av_frame.time if first_time is None else first_time
                     due = started + av_frame.time - first_time
                     self._stop.wait(max(0.0, due - time.monotonic()))
-                self._emit(av_frame, container.start_time_realtime)
+                self._emit(av_frame, stamps.pop(av_frame.pts, None))
                 progress = time.monotonic()
             if time.monotonic() - progress > no_frames_limit:
                 raise _NoFrames(f"packets but no decodable frame for {no_frames_limit:.0f} s")
@@ -486,26 +634,110 @@ class SourceReader:
             return "loop" if self.options.loop else "ended"
         return "disconnected"
 
-    def _capture_ts(self, av_frame: Any, realtime: int | None, now: float) -> float | None:
-        """Wall-clock capture time from the stream (RTCP sender reports give RTSP its
-        `start_time_realtime`: the time of pts 0), or None when it has none we trust."""
-        if not realtime or realtime <= 0 or av_frame.time is None:
-            return None
-        capture = float(realtime / 1e6 + av_frame.time)
-        return capture if abs(now - capture) <= self.options.max_clock_skew_s else None
+    def _stamp(
+        self, packet: Any, arrivals: ArrivalClock, senders: SenderClock | None
+    ) -> tuple[_Stamp, float]:
+        """The packet's arrival (read time less its lag) and sender capture time, and
+        its lag. Sender reports come as `rtcp_sr` side data on the first packet after
+        each report; `prft` is FFmpeg's wall-clock time of the packet from the latest."""
+        now = time.time()
+        media = packet.dts if packet.dts is not None else packet.pts
+        lag = 0.0
+        if media is not None and packet.time_base is not None:
+            lag = arrivals.observe(float(media * packet.time_base), now)
+        arrival = now - lag
+        stream_time = None
+        if senders is not None:
+            if packet.has_sidedata("rtcp_sr"):
+                report = parse_sender_report(bytes(packet.get_sidedata("rtcp_sr")))
+                if report is not None:
+                    senders.report(*report)
+            if packet.has_sidedata("prft"):
+                reference = parse_reference_time(bytes(packet.get_sidedata("prft")))
+                if reference is not None:
+                    stream_time = senders.capture(reference)
+        self.ingest_lag_s = lag
+        if self.last_packet_ts is None or arrival > self.last_packet_ts:
+            self.last_packet_ts = arrival
+        return _Stamp(arrival, stream_time), lag
 
-    def _emit(self, av_frame: Any, realtime: int | None) -> None:
+    def _skip(
+        self, packet: Any, lag: float, codec: Any, stamps: OrderedDict[int | None, _Stamp]
+    ) -> bool:
+        """True when the packet is discarded undecoded: the decoder fell more than
+        `max_lag_s` behind arrival, and this is not yet a keyframe within the bound.
+        Demuxing alone is cheap, so the backlog drains at once and the next keyframe
+        is usually fresh; a backlog longer than a GOP skips to a later keyframe."""
+        bound = self.options.max_lag_s
+        if not self._skipping and lag <= bound:
+            return False
+        if self._skipping and packet.is_keyframe and lag <= bound:
+            self._skipping = False
+            codec.flush_buffers()  # frames held from before the gap are stale
+            stamps.clear()
+            return False
+        if not self._skipping:
+            self._skipping = True
+            self.ingest_skips += 1
+            self._skipped(lag)
+        self.ingest_drops += 1
+        if self._on_drop is not None:
+            self._on_drop("ingest_skip")
+        return True
+
+    def _skipped(self, lag: float) -> None:
+        self._event("ingest_skip", lag_s=round(lag, 3), max_lag_s=self.options.max_lag_s)
+        self._skips_unlogged += 1
+        now = time.monotonic()
+        if now - self._skip_logged >= SKIP_LOG_S:
+            log.info(
+                "source %s: decoder %.2f s behind arrival (bound %g s): skipping to the "
+                "next keyframe (%d time(s) since the last note, %d packets dropped in all)",
+                self.public_url,
+                lag,
+                self.options.max_lag_s,
+                self._skips_unlogged,
+                self.ingest_drops,
+            )
+            self._skip_logged, self._skips_unlogged = now, 0
+
+    def _switched(self, switch: ClockSwitch) -> None:
+        skew = None if switch.skew_s is None else round(switch.skew_s, 3)
+        self._event(
+            "clock",
+            previous=switch.previous,
+            current=switch.current,
+            reason=switch.reason,
+            skew_s=skew,
+        )
+        level = logging.WARNING if switch.previous == "stream" else logging.INFO
+        log.log(
+            level,
+            "source %s: capture clock %s -> %s (%s, skew %s s)",
+            self.public_url,
+            switch.previous,
+            switch.current,
+            switch.reason,
+            skew,
+        )
+
+    def _emit(self, av_frame: Any, stamp: _Stamp | None) -> None:
         # Checked on the decoded frame's header, before converting: a 140 KB PNG can
         # declare 12000x12000, which is 432 MB as RGB.
         self._check_size(av_frame.width, av_frame.height)
+        image = np.ascontiguousarray(av_frame.to_ndarray(format="rgb24"))
         now = time.time()
-        capture = self._capture_ts(av_frame, realtime, now)
+        if stamp is None:  # a frame whose packet we lost track of: it is here now
+            stamp = _Stamp(now, None)
+        capture, source, switch = self._clock.choose(stamp.stream, stamp.arrival)
+        if switch is not None:
+            self._switched(switch)
         # No `source_frame`: a kept av.VideoFrame keeps its decoder and its threads alive.
         frame = Frame(
             seq=self._seq,
-            image=np.ascontiguousarray(av_frame.to_ndarray(format="rgb24")),
-            capture_ts=now if capture is None else capture,
-            capture_ts_source="receive" if capture is None else "stream",
+            image=image,
+            capture_ts=capture,
+            capture_ts_source=source,
             recv_ts=now,
             pts=av_frame.pts,
             time_base=av_frame.time_base,

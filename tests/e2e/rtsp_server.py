@@ -2,15 +2,27 @@
 frames (RFC 2326 / RFC 6184, just what FFmpeg's client needs).
 
 Transports: TCP interleaved (channels 0-1) and UDP (client_port=a-b). Each client gets
-its own encoder, so its stream starts with a keyframe, and a random initial RTP
-timestamp, like a real camera. With `rtcp=True` it sends an RTCP sender report every
-second that maps RTP time to the wall clock at which each frame was generated (shifted
-by `clock_offset_s`), so a reader can recover capture times. `freeze()` keeps
-connections open but stops sending; `stop()` closes everything.
+its own encoder, so its stream starts with a keyframe (then one every `gop` frames),
+and a random initial RTP timestamp, like a real camera. With `rtcp=True` it sends an
+RTCP sender report every `sr_interval_s` (the first after `sr_first_s`) that maps RTP
+time to the wall clock at which that frame was captured (its slot: the camera's start
+plus index / fps, whenever it is actually encoded and sent), shifted by `clock_offset_s`
+(which a test may change while streaming: a camera whose clock steps). `rtp_drift`
+makes the RTP clock run that much fast (0.01: 1 %), as a camera's crystal does, only
+more, so the sender reports must correct it. A camera that falls behind its frame rate
+(starved, or stopped with SIGSTOP) sends the missed frames late in a burst, or with
+`skip_late=True` skips their slots, as a sensor does (frame index = seq then only while
+it keeps up).
+`freeze()` keeps connections open but stops sending, `thaw()` resumes; `stop()` closes
+everything.
+
+Run alone (`python -m tests.e2e.rtsp_server --help`), it serves until killed: a camera
+for manual tests, or one a test can SIGSTOP, SIGKILL and start again.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import random
@@ -24,6 +36,7 @@ import av
 from streamseg.media.synthetic import scene_frame
 
 MAX_PAYLOAD = 1400
+MAX_BUFFERED = 64 << 20  # bytes queued for one client before giving up on it
 RTP_CLOCK = 90_000
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970
 SSRC = 0x5EED
@@ -95,9 +108,9 @@ class _Output:
         else:
             self.udp[channel].sendto(data, ("127.0.0.1", self.client_ports[channel]))
 
-    async def drain(self) -> None:
-        if self.udp is None:
-            await self.writer.drain()
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel (a client that reads slowly)."""
+        return 0 if self.udp is not None else self.writer.transport.get_write_buffer_size()
 
     def close(self) -> None:
         if self.udp is not None:
@@ -116,12 +129,22 @@ class RtspTestServer:
         codec: str = "H264",
         rtcp: bool = True,
         clock_offset_s: float = 0.0,
+        *,
+        gop: int | None = None,
+        sr_interval_s: float = 1.0,
+        sr_first_s: float = 0.0,
+        rtp_drift: float = 0.0,
+        skip_late: bool = False,
     ) -> None:
         self.port, self.width, self.height, self.fps, self.codec = port, width, height, fps, codec
         self.rtcp, self.clock_offset_s = rtcp, clock_offset_s
+        self.gop = gop or fps
+        self.sr_interval_s, self.sr_first_s, self.rtp_drift = sr_interval_s, sr_first_s, rtp_drift
+        self.skip_late = skip_late
         self.frozen = False
+        self.sender_reports = 0
         self.transports: list[str] = []  # "tcp" | "udp" per SETUP, for tests to check
-        self.frame_times: dict[int, float] = {}  # recent frame index -> wall time generated
+        self.frame_times: dict[int, float] = {}  # recent frame index -> wall time captured
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -144,6 +167,9 @@ class RtspTestServer:
 
     def freeze(self) -> None:
         self.frozen = True
+
+    def thaw(self) -> None:
+        self.frozen = False
 
     async def _setup_udp(self, output: _Output, transport: str) -> str | None:
         ports = re.search(r"client_port=(\d+)-(\d+)", transport)
@@ -225,24 +251,35 @@ class RtspTestServer:
         encoder = av.CodecContext.create("libx264", "w")
         encoder.width, encoder.height, encoder.pix_fmt = self.width, self.height, "yuv420p"
         encoder.time_base = Fraction(1, self.fps)
-        encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(self.fps)}
+        encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(self.gop)}
         loop = asyncio.get_running_loop()
         seq, packets, octets = random.getrandbits(16), 0, 0
         rtp_base = random.getrandbits(32)
-        start = loop.time()
-        for index in range(10**9):
+        ticks = RTP_CLOCK * (1 + self.rtp_drift) / self.fps  # RTP ticks per frame
+        start, wall_start = loop.time(), time.time()
+        next_report = start + self.sr_first_s
+        index = -1
+        while True:
+            index += 1
+            if self.skip_late:  # slots already past are skipped, not sent in a burst
+                index = max(index, int((loop.time() - start) * self.fps))
             await asyncio.sleep(max(0.0, start + index / self.fps - loop.time()))
             if output.writer.is_closing():
                 return
             if self.frozen:
                 continue
-            generated = time.time()
+            # Captured at its slot, by the camera's clock: sending may come later (a
+            # starved camera), and that delay is part of what a reader must see.
+            generated = wall_start + index / self.fps
             self.frame_times[index] = generated
             self.frame_times.pop(index - 10 * self.fps, None)
-            rtp_ts = (rtp_base + index * (RTP_CLOCK // self.fps)) & 0xFFFFFFFF
-            if self.rtcp and index % self.fps == 0:
+            rtp_ts = (rtp_base + round(index * ticks)) & 0xFFFFFFFF
+            if self.rtcp and loop.time() >= next_report:
                 report = sender_report(generated + self.clock_offset_s, rtp_ts, packets, octets)
                 output.send(1, report)
+                self.sender_reports += 1
+                while next_report <= loop.time():
+                    next_report += self.sr_interval_s
             frame = av.VideoFrame.from_ndarray(
                 scene_frame(index, self.height, self.width), format="rgb24"
             ).reformat(format="yuv420p")
@@ -256,17 +293,49 @@ class RtspTestServer:
                     packets += 1
                     octets += len(payload)
                     output.send(0, header + payload)
-            await output.drain()
+            # Never wait for a slow reader: a camera keeps capturing on its own clock and
+            # the backlog piles up in the socket, where only the reader can catch up.
+            if output.buffered() > MAX_BUFFERED:
+                return  # a client that stopped reading long ago: dropped, as cameras do
 
 
-async def _serve_forever(port: int) -> None:
-    server = RtspTestServer(port, width=640, height=480)
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.e2e.rtsp_server",
+        description="A test RTSP camera (H.264 over RTP, TCP or UDP) on 127.0.0.1; "
+        "serves until killed.",
+    )
+    parser.add_argument("port", nargs="?", type=int, default=8554, help="default 8554")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--gop", type=int, default=None, help="frames per keyframe (fps)")
+    parser.add_argument("--no-rtcp", action="store_true", help="send no sender reports")
+    parser.add_argument("--sr-interval", type=float, default=1.0, help="seconds (1)")
+    parser.add_argument("--clock-offset", type=float, default=0.0, help="seconds (0)")
+    parser.add_argument("--rtp-drift", type=float, default=0.0, help="0.01: 1%% fast")
+    parser.add_argument("--skip-late", action="store_true", help="no bursts after a stall")
+    return parser.parse_args(argv)
+
+
+async def _serve_forever(args: argparse.Namespace) -> None:
+    server = RtspTestServer(
+        args.port,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        rtcp=not args.no_rtcp,
+        clock_offset_s=args.clock_offset,
+        gop=args.gop,
+        sr_interval_s=args.sr_interval,
+        rtp_drift=args.rtp_drift,
+        skip_late=args.skip_late,
+    )
     await server.start()
     print(f"test camera: {server.url}", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    import sys
-
-    asyncio.run(_serve_forever(int(sys.argv[1]) if len(sys.argv) > 1 else 8554))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(_arguments()))

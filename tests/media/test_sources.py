@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -123,16 +122,6 @@ def test_transport_and_password_stay_ours() -> None:
     assert "secret" not in SourceReader("rtsp://admin:secret@cam/x", lambda f: None).public_url
 
 
-def test_capture_time_from_the_stream_only_when_plausible() -> None:
-    reader = SourceReader("rtsp://cam/live", lambda f: None, SourceOptions(max_clock_skew_s=5))
-    now = 1_800_000_000.0
-    frame = SimpleNamespace(time=2.0)
-    assert reader._capture_ts(frame, int((now - 2.1) * 1e6), now) == pytest.approx(now - 0.1)
-    assert reader._capture_ts(frame, int((now - 60) * 1e6), now) is None  # skewed clock
-    assert reader._capture_ts(frame, None, now) is None
-    assert reader._capture_ts(SimpleNamespace(time=None), int(now * 1e6), now) is None
-
-
 def test_file_plays_paced_then_stops(tmp_path: Path) -> None:
     frames: list[Frame] = []
     decode_times: list[float] = []
@@ -167,16 +156,24 @@ def test_file_loops_until_stopped(tmp_path: Path) -> None:
     assert reader.state is SourceState.STOPPED
 
 
-def test_unreachable_rtsp_backs_off(tmp_path: Path) -> None:
+def test_a_closed_port_is_probed_not_reopened(tmp_path: Path) -> None:
+    """A camera that is gone is probed with a TCP connect at most `probe_interval_s`
+    apart, not opened with FFmpeg again and again, and never backs off further."""
     reader = SourceReader(
         "rtsp://127.0.0.1:9/none",
         lambda f: None,
-        SourceOptions(open_timeout_s=1),
+        SourceOptions(open_timeout_s=1, probe_interval_s=0.2),
         policy=_trusting(tmp_path),
     )
     reader.start()
-    _wait(lambda: reader.reconnects >= 2)
+    _wait(lambda: reader.probes >= 1)
+    counted = time.time(), reader.probes
+    time.sleep(2)
+    rate = (reader.probes - counted[1]) / (time.time() - counted[0])
+    assert 3 <= rate <= 8  # every 0.2 s +-20 %: not faster, and no growing backoff
+    assert reader.reconnects == 1  # the one failed open; probes are not reconnects
     assert reader.state is SourceState.RECONNECTING and reader.last_error
+    assert reader.last_error.startswith("refused:")
     assert reader.stop(2)
 
 
