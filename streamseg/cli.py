@@ -49,6 +49,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         overrides["ice_hosts"] = tuple(args.ice_host)
     if getattr(args, "token_file", None):
         overrides["token_file"] = args.token_file
+    if getattr(args, "streams_file", None):
+        overrides["streams_file"] = args.streams_file
     if getattr(args, "allowed_host", None):
         overrides["allowed_hosts"] = tuple(args.allowed_host)
     if getattr(args, "allowed_origin", None):
@@ -93,11 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
     from streamseg.server.app import InsecureBindError, create_app
     from streamseg.server.auth import AuthConfigError
     from streamseg.server.serving import DrainingServer
+    from streamseg.server.streams_file import StreamsFileError
 
     settings = _settings_from(args)
     try:
         app = create_app(settings)
-    except (InsecureBindError, AuthConfigError) as exc:
+    except (InsecureBindError, AuthConfigError, StreamsFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(startup_banner(settings, app.state.auth), flush=True)
@@ -157,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tokens, one `<id> <scopes> <token>` per line, re-read when it changes "
         "(docs/SECURITY.md); a single all-scope token comes from STREAMSEG_TOKEN",
+    )
+    serve.add_argument(
+        "--streams-file",
+        default=None,
+        help="YAML file of camera streams to create at start-up, with your own ids; "
+        "POST/DELETE /v1/streams?persist=true write it back (README, docs/ROBOTS.md)",
     )
     serve.add_argument(
         "--allowed-host",

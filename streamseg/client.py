@@ -25,9 +25,19 @@ backlog (skipped messages are counted in `client.dropped`). `rate="model"` (defa
 sends one message per frame the model processed; `rate="source"` one per camera frame,
 the newest masks moved onto it (`track.source == "propagated"`, `track.model_seq` the
 frame the model saw, `track.age_ms` how much older it is). It reconnects by itself
-with exponential backoff and jitter, and raises `StreamNotFoundError` once the server
-says the stream does not exist. For synchronous code (a ROS callback, a plain loop)
-`LatestResults` runs the same thing on a background thread.
+with exponential backoff and jitter, also while the stream does not exist (deleted,
+not re-added yet, a server restarting): it keeps retrying, logs a warning and records
+`client.missing_since[stream_id]`, and raises `StreamNotFoundError` only once
+`missing_stream_timeout_s` (default None: never) has passed. For synchronous code (a
+ROS callback, a plain loop) `LatestResults` runs the same thing on a background thread.
+
+Restarts: every `hello` names the server's boot and the stream's epoch. When either
+changes (a restarted server, a stream deleted and created again) `seq` starts again
+from 0; the first result after it has `new_epoch` True (track ids from before mean
+nothing now), and `LatestResults.latest(newer_than=...)` treats it as newer than any
+seq from before. State events (`connecting`, `streaming`, `stalled`, `reconnecting`,
+`stopped` with a reason) and track `lost`/`found` events go to `on_event` and the
+newest state is in `client.stream_states[stream_id]`.
 
 Authentication: pass `token=` (or set `STREAMSEG_TOKEN`); it is sent as
 `Authorization: Bearer` on REST and on the websocket handshake. A refused token raises
@@ -61,6 +71,7 @@ from streamseg.protocol.messages import (
     CLOSE_UNAUTHORIZED,
     CLOSE_UNKNOWN_STREAM,
     FrameResultMessage,
+    UnknownMessageType,
     decode_frame_message,
     parse_server_text,
 )
@@ -80,6 +91,7 @@ class _RedactHandshake(logging.Filter):
         return True
 
 
+log = logging.getLogger(__name__)
 _ws_log = logging.getLogger("streamseg.client.websockets")
 _ws_log.addFilter(_RedactHandshake())
 
@@ -109,6 +121,9 @@ class Result:
     message: FrameResultMessage
     masks: dict[int, np.ndarray]  # track id -> H x W bool
     received_ts: float  # when the message arrived (not when it was taken)
+    boot_id: str | None = None  # the server's boot (None: a server before revision 3)
+    epoch: str | None = None  # the stream's life: new when it is created again
+    new_epoch: bool = False  # first result since boot_id or epoch changed: seq restarted
 
     @property
     def seq(self) -> int:
@@ -128,6 +143,7 @@ class _Socket:
 
     ws: ClientConnection
     on_drop: Callable[[], None]
+    on_event: Callable[[dict[str, Any]], None] = lambda _: None
     latest: tuple[bytes, float] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
@@ -143,7 +159,14 @@ class _Socket:
                     self.latest = (data, time.time())
                     self.ready.set()
                 else:
-                    self._reply(parse_server_text(data))
+                    try:
+                        body = parse_server_text(data)
+                    except UnknownMessageType:
+                        continue  # a newer server's addition
+                    if body["type"] == "event":
+                        self.on_event(body)
+                    else:
+                        self._reply(body)
             self.ended = ConnectionClosed(self.ws.protocol.close_rcvd, self.ws.protocol.close_sent)
         except Exception as exc:
             self.ended = exc
@@ -215,6 +238,8 @@ class StreamsegClient:
         backoff_initial_s: float = 0.25,
         backoff_max_s: float = 10.0,
         token: str | None = None,
+        missing_stream_timeout_s: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # Default from the environment, so a robot's code carries no secret.
@@ -224,7 +249,13 @@ class StreamsegClient:
         self.backoff_max_s = backoff_max_s
         self.reconnects = 0
         self.dropped = 0  # results replaced by newer ones before the consumer took them
+        # A missing stream is retried (it may be re-added) until this long, None: forever.
+        self.missing_stream_timeout_s = missing_stream_timeout_s
+        self.missing_since: dict[str, float] = {}  # stream id -> since when (epoch s)
+        self.stream_states: dict[str, dict[str, Any]] = {}  # newest state event per stream
+        self.on_event = on_event
         self._sockets: dict[str, list[_Socket]] = {}
+        self._epochs: dict[str, tuple[str | None, str | None]] = {}
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -252,11 +283,23 @@ class StreamsegClient:
             return response.content
         return response.json() if response.content else None
 
-    async def create_stream(self, url: str, name: str | None = None, **options: Any) -> Any:
-        """Options: transport ("tcp"/"udp"), loop, realtime, stall_timeout_s, ..."""
-        return await self._request(
-            "POST", "/v1/streams", json={"url": url, "name": name, "options": options}
-        )
+    async def create_stream(
+        self,
+        url: str,
+        name: str | None = None,
+        *,
+        stream_id: str | None = None,
+        persist: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Options: transport ("tcp"/"udp"), loop, realtime, stall_timeout_s, ...
+        `stream_id`: an id of your choosing (default: the server's s<N>); `persist`:
+        also write it to the server's streams file (needs `stream_id`)."""
+        body: dict[str, Any] = {"url": url, "name": name, "options": options}
+        if stream_id is not None:
+            body["id"] = stream_id
+        path = "/v1/streams?persist=true" if persist else "/v1/streams"
+        return await self._request("POST", path, json=body)
 
     async def list_streams(self) -> Any:
         return await self._request("GET", "/v1/streams")
@@ -330,10 +373,11 @@ class StreamsegClient:
         if rate not in RATES:
             raise ValueError(f"rate must be one of {', '.join(RATES)}, not {rate!r}")
         backoff = self.backoff_initial_s
+        last_seq: int | None = None  # the watermark: seq only grows within one epoch
         while True:
             try:
                 async with websockets.connect(
-                    self.ws_url(stream_id, encoding, rate),
+                    self.ws_url(stream_id, encoding, rate) + "&events=all",
                     additional_headers=self.auth_headers(),
                     logger=_ws_log,
                     compression=None,
@@ -344,7 +388,13 @@ class StreamsegClient:
                     hello = parse_server_text(await asyncio.wait_for(ws.recv(), self.timeout))
                     if hello["type"] == "error":
                         raise _refusal(None, str(hello.get("code")), str(hello.get("message")))
-                    sock = _Socket(ws, self._count_drop)
+                    self._found(stream_id)
+                    key = (hello.get("boot_id"), hello.get("epoch"))
+                    new_epoch = self._epochs.setdefault(stream_id, key) != key
+                    if new_epoch:  # a restarted server or a re-created stream
+                        log.info("stream %s: new server boot or stream epoch", stream_id)
+                        self._epochs[stream_id], last_seq = key, None
+                    sock = _Socket(ws, self._count_drop, lambda e: self._event(stream_id, e))
                     pump = asyncio.ensure_future(sock.pump())
                     self._sockets.setdefault(stream_id, []).append(sock)
                     try:
@@ -352,15 +402,23 @@ class StreamsegClient:
                             await sock.request({"type": "options", "include_masks": False}, 10)
                         backoff = self.backoff_initial_s
                         while True:
-                            yield self._decode(*await sock.next())
+                            data, received = await sock.next()
+                            result = self._decode(data, received, key, new_epoch)
+                            if last_seq is not None and result.seq <= last_seq:
+                                continue  # not newer than what was already given
+                            last_seq, new_epoch = result.seq, False
+                            yield result
                     finally:
                         self._sockets[stream_id].remove(sock)
                         pump.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await pump
+            except StreamNotFoundError as exc:
+                self._missing(stream_id, exc)
             except ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNKNOWN_STREAM:
-                    raise StreamNotFoundError(None, "unknown_stream", exc.rcvd.reason) from None
+                    gone = StreamNotFoundError(None, "unknown_stream", exc.rcvd.reason)
+                    self._missing(stream_id, gone)
                 if exc.rcvd is not None and exc.rcvd.code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
                     raise RequestError(None, exc.rcvd.reason or "unauthorized", "refused") from None
             except InvalidStatus as exc:
@@ -375,10 +433,47 @@ class StreamsegClient:
             backoff = min(backoff * 2, self.backoff_max_s)
 
     @staticmethod
-    def _decode(data: bytes, received_ts: float) -> Result:
+    def _decode(
+        data: bytes,
+        received_ts: float,
+        key: tuple[str | None, str | None] = (None, None),
+        new_epoch: bool = False,
+    ) -> Result:
         message, masks = decode_frame_message(data)
         with_masks = zip(message.tracks, masks or [], strict=False)
-        return Result(message, {t.track_id: m for t, m in with_masks}, received_ts)
+        found = {t.track_id: m for t, m in with_masks}
+        return Result(message, found, received_ts, key[0], key[1], new_epoch)
+
+    def _missing(self, stream_id: str, exc: StreamNotFoundError) -> None:
+        """The server says the stream does not exist: keep retrying (an operator or a
+        restart may bring it back) unless it has been missing for too long."""
+        now = time.time()
+        since = self.missing_since.setdefault(stream_id, now)
+        limit = self.missing_stream_timeout_s
+        if limit is not None and now - since >= limit:
+            self.missing_since.pop(stream_id, None)
+            raise exc
+        if since == now:
+            log.warning(
+                "stream %s is not on %s (%s); retrying until it is back",
+                stream_id,
+                self.base_url,
+                exc.message,
+            )
+
+    def _found(self, stream_id: str) -> None:
+        since = self.missing_since.pop(stream_id, None)
+        if since is not None:
+            log.warning("stream %s is back after %.1f s", stream_id, time.time() - since)
+
+    def _event(self, stream_id: str, body: dict[str, Any]) -> None:
+        if body.get("event") == "state":
+            self.stream_states[stream_id] = body
+        if self.on_event is not None:
+            try:
+                self.on_event(body)
+            except Exception:
+                log.exception("on_event failed")
 
 
 class LatestResults:
@@ -396,13 +491,21 @@ class LatestResults:
         encoding: str = "rle",
         token: str | None = None,
         rate: str = "model",
+        **client_options: Any,
     ) -> None:
+        """`client_options` go to `StreamsegClient` (e.g. `missing_stream_timeout_s`,
+        `backoff_max_s`, `on_event`, which then runs on the feed's thread)."""
         if rate not in RATES:
             raise ValueError(f"rate must be one of {', '.join(RATES)}, not {rate!r}")
-        self.client = StreamsegClient(base_url, token=token)
+        self.client = StreamsegClient(base_url, token=token, **client_options)
         self.stream_id, self.encoding, self.rate = stream_id, encoding, rate
         self._cond = threading.Condition()
         self._result: Result | None = None
+        # Epoch generations: a result of a later one is newer than any seq of an
+        # earlier one, whatever the numbers (seq restarts with the server or stream).
+        self._generation = 0
+        self._result_generation = 0
+        self._given_generation = 0
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -426,20 +529,36 @@ class LatestResults:
 
     def latest(self, newer_than: int | None = None, timeout: float | None = None) -> Result | None:
         """The newest result (with seq > `newer_than`), waiting up to `timeout`; None if
-        there is none yet. Re-raises what ended the feed (e.g. StreamNotFoundError)."""
+        there is none yet. `newer_than` is a seq of the results this feed gave; after
+        a server restart or a re-created stream (seq starts again) every result is
+        newer than it. Re-raises what ended the feed (e.g. StreamNotFoundError)."""
 
-        def fresh() -> bool:
-            r = self._result
-            return self._error is not None or (
-                r is not None and (newer_than is None or r.seq > newer_than)
+        def newer(r: Result | None) -> bool:
+            return r is not None and (
+                newer_than is None
+                or self._result_generation > self._given_generation
+                or r.seq > newer_than
             )
 
         with self._cond:
-            self._cond.wait_for(fresh, timeout)
+            self._cond.wait_for(lambda: self._error is not None or newer(self._result), timeout)
             if self._error is not None:
                 raise self._error
             r = self._result
-            return r if r is not None and (newer_than is None or r.seq > newer_than) else None
+            if not newer(r):
+                return None
+            self._given_generation = self._result_generation
+            return r
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """The stream's newest state event (`state`, `reason`, `message`, `ts`)."""
+        return self.client.stream_states.get(self.stream_id)
+
+    @property
+    def missing_since(self) -> float | None:
+        """Since when (epoch seconds) the server says the stream does not exist."""
+        return self.client.missing_since.get(self.stream_id)
 
     def add_prompt(self, **prompt: Any) -> dict[str, Any]:
         """`StreamsegClient.add_prompt` for this stream, from the calling thread."""
@@ -475,7 +594,10 @@ class LatestResults:
         try:
             async for result in self.client.results(self.stream_id, self.encoding, rate=self.rate):
                 with self._cond:
+                    if result.new_epoch:
+                        self._generation += 1
                     self._result = result
+                    self._result_generation = self._generation
                     self._cond.notify_all()
         except Exception as exc:
             with self._cond:

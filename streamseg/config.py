@@ -55,6 +55,9 @@ class Settings:
     source_formats: tuple[str, ...] = ()  # FFmpeg demuxers; empty: the video defaults
     source_allow_images: bool = False  # image demuxers (png_pipe, image2, mjpeg, ...)
     source_ca_file: str | None = None  # CA bundle for https/rtsps; default: the system's
+    # YAML file of camera streams created at start-up (server/streams_file.py); REST
+    # changes are written back to it with `?persist=true`.
+    streams_file: str | None = None
     # access control (docs/SECURITY.md). `token`: one token with every scope, id `env`;
     # from STREAMSEG_TOKEN, never a flag (argv is visible to every local user).
     token: str | None = field(default=None, repr=False)

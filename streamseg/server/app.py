@@ -21,6 +21,7 @@ from streamseg.server.auth import HostPolicy, TokenStore, bind_problem
 from streamseg.server.errors import InternalErrorMiddleware
 from streamseg.server.metrics import CONTENT_TYPE
 from streamseg.server.runtime import Runtime
+from streamseg.server.stream_store import StreamStore
 
 log = logging.getLogger(__name__)
 DEFAULT_WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -32,8 +33,9 @@ class InsecureBindError(RuntimeError):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; raises AuthConfigError (bad token setup) or InsecureBindError before
-    anything starts."""
+    """The app; raises AuthConfigError (bad token setup), InsecureBindError or
+    StreamsFileError (the streams file, with its line and reason) before anything
+    starts."""
     settings = settings or Settings.from_env()
     tokens = TokenStore(
         settings.token, settings.token_file, disabled=settings.insecure_no_auth_on_network
@@ -42,6 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if problem is not None:
         raise InsecureBindError(problem)
     runtime = Runtime(settings)
+    # Read and checked now, so a bad streams file refuses start-up before the model loads.
+    streams = StreamStore(settings)
+    streams.load()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,8 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await runtime.start()
             try:
+                await streams.start_streams(runtime)
                 yield
             finally:
+                streams.stop()
                 await runtime.stop()
         finally:
             watcher.cancel()
@@ -68,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.streams = streams
     app.add_middleware(InternalErrorMiddleware, metrics=runtime.metrics)
     app.state.auth = tokens
     policy = HostPolicy.build(settings.host, settings.allowed_hosts, settings.allowed_origins)

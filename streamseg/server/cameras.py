@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -50,6 +51,10 @@ class CameraStream:
     reader: SourceReader
     name: str | None
     created: float = field(default_factory=time.time)
+    # New whenever a stream is (re-)created, even under the same id: clients reset their
+    # seq watermark when it (or the server's boot id) changes.
+    epoch: str = field(default_factory=lambda: secrets.token_hex(8))
+    persisted: bool = False  # its definition is in the streams file
     latest: StreamResult | None = None
     feeds: set[LatestSlot[StreamResult]] = field(default_factory=set)
     websocket_drops: int = 0
@@ -125,6 +130,8 @@ class CameraStream:
         return {
             "id": self.session.id,
             "name": self.name,
+            "epoch": self.epoch,
+            "persisted": self.persisted,
             "url": r.public_url,
             "kind": r.kind,
             "state": r.state.value,

@@ -24,6 +24,7 @@ from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
 from streamseg.protocol.masks import MaskEncoding
 from streamseg.protocol.messages import (
     CLOSE_BAD_REQUEST,
+    CLOSE_SHUTDOWN,
     CLOSE_UNKNOWN_STREAM,
     ack_message,
     encode_frame_message,
@@ -49,6 +50,7 @@ from streamseg.server.errors import report_internal
 from streamseg.server.runtime import Runtime
 from streamseg.server.security import accept_subprotocol, audit, requires
 from streamseg.server.source_rate_feed import RATES, Encoded, PlacedFrames, placed_frames
+from streamseg.server.stream_events import SHUTDOWN_REASON, EventQueue, events_of, parse_events
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
@@ -119,6 +121,7 @@ class _Feed:
     placed: PlacedFrames | None = None  # set at rate=source
     masks: bool = True
     ended: str = "client_closed"
+    events: EventQueue | None = None  # set with ?events=
 
 
 @router.websocket("/{stream_id}/masks")
@@ -152,6 +155,12 @@ async def mask_feed(
             websocket, "bad_rate", f"rate must be one of {', '.join(RATES)}", CLOSE_BAD_REQUEST
         )
         return
+    try:
+        kinds = parse_events(websocket.query_params.get("events"))
+    except ValueError as exc:
+        metrics.feed_closed.labels("bad_request").inc()
+        await _refuse(websocket, "bad_events", str(exc), CLOSE_BAD_REQUEST)
+        return
     session = camera.session
     where = "websocket" if rate == "model" else "websocket_source"
 
@@ -181,16 +190,24 @@ async def mask_feed(
             state=camera.reader.state.value,
             width=camera.reader.width,
             height=camera.reader.height,
+            boot_id=runtime.boot_id,
+            epoch=camera.epoch,
+            events=sorted(kinds),
         )
         await asyncio.wait_for(websocket.send_text(hello), SEND_TIMEOUT_S)
+        if kinds:
+            feed.events = events_of(camera).subscribe(kinds)
         sender = asyncio.ensure_future(_send_results(feed))
         receiver = asyncio.ensure_future(_receive_prompts(feed))
-        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        tasks = {sender, receiver}
+        if feed.events is not None:
+            tasks.add(asyncio.ensure_future(_send_events(feed, feed.events)))
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("websocket feed of %s failed", session.id, exc_info=task.exception())
                 feed.ended = "error"
-        for task in (sender, receiver):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -199,6 +216,8 @@ async def mask_feed(
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
+        if feed.events is not None:
+            events_of(camera).unsubscribe(feed.events)
         remove_sink()
         feed.mailbox.close()
         camera.feeds.discard(cast("LatestSlot[Any]", mailbox))
@@ -210,9 +229,24 @@ async def _close(feed: _Feed) -> None:
     """Close politely within CLOSE_TIMEOUT_S, else abort (a close can hang for as long
     as the peer does not read)."""
     websocket, closed = feed.websocket, False
+    if feed.ended in ("stream_deleted", "shutdown") and feed.events is not None:
+        # The last event says why the feed ends; sent best-effort before the close.
+        reason = "deleted" if feed.ended == "stream_deleted" else "shutdown"
+        message = "the stream was deleted" if reason == "deleted" else SHUTDOWN_REASON
+        with contextlib.suppress(Exception):
+            last = events_of(feed.camera).stopped(reason, message)
+            await asyncio.wait_for(websocket.send_text(last), CLOSE_TIMEOUT_S)
     if feed.ended == "stream_deleted":
         message = "the stream was deleted"
         closed = await _refuse(websocket, "unknown_stream", message, CLOSE_UNKNOWN_STREAM)
+    elif feed.ended == "shutdown":
+        try:  # 1012 with a reason: reconnect later (uvicorn's own close has none)
+            await asyncio.wait_for(
+                websocket.close(CLOSE_SHUTDOWN, SHUTDOWN_REASON), CLOSE_TIMEOUT_S
+            )
+            closed = True
+        except Exception:
+            closed = False
     elif feed.ended != "too_slow":
         try:
             await asyncio.wait_for(websocket.close(), CLOSE_TIMEOUT_S)
@@ -248,7 +282,7 @@ async def _send_results(feed: _Feed) -> None:
         try:
             item = await feed.mailbox.take_async()
         except SlotClosed:
-            feed.ended = "stream_deleted"
+            feed.ended = "shutdown" if feed.runtime.shutting_down else "stream_deleted"
             return
 
         encoding = feed.encoding if feed.masks else None
@@ -272,6 +306,18 @@ async def _send_results(feed: _Feed) -> None:
         metrics.observe_stage("mask_encode", out.encode_s)
         metrics.observe_stage("send", time.perf_counter() - encoded)
         metrics.observe_sent(sink, out.capture_ts, time.time())
+
+
+async def _send_events(feed: _Feed, events: EventQueue) -> None:
+    """State and track events, as they happen; ends with the feed."""
+    while (text := await events.take()) is not None:
+        try:
+            await asyncio.wait_for(feed.websocket.send_text(text), SEND_TIMEOUT_S)
+        except TimeoutError:
+            feed.ended = "too_slow"
+            return
+        except (WebSocketDisconnect, RuntimeError):
+            return
 
 
 def _options(feed: _Feed, msg: SetOptions) -> dict[str, Any]:

@@ -8,8 +8,8 @@ import logging
 from typing import Any, Literal
 
 import cv2
-from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streamseg.media.frame import Frame
 from streamseg.media.overlay import draw_overlay
@@ -32,8 +32,10 @@ from streamseg.server.cameras import (
     stream_metrics,
 )
 from streamseg.server.errors import StrictJSONRoute
-from streamseg.server.runtime import LimitReachedError, Runtime
+from streamseg.server.runtime import LimitReachedError, Runtime, StreamExistsError
 from streamseg.server.security import audit_note, requires
+from streamseg.server.stream_store import PersistRefused, StreamStore
+from streamseg.server.streams_file import StreamsFileError, stream_id_problem
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/streams", tags=["streams"], route_class=StrictJSONRoute)
@@ -75,14 +77,34 @@ class StreamCreate(BaseModel):
     url: str = Field(min_length=1, max_length=2048)
     name: str | None = Field(None, max_length=200)
     options: StreamOptions = StreamOptions()
+    id: str | None = Field(
+        None,
+        description="a stream id of your choosing (A-Z, a-z, 0-9, _ and -, at most 64, "
+        "not s<number>); default: the server assigns s1, s2, ...",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str | None) -> str | None:
+        problem = None if value is None else stream_id_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
-@router.post("", status_code=201, dependencies=[requires("admin")])
-async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
-    """Start reading a camera: `rtsp://` (`?transport=udp` for UDP), `rtsps://`,
-    `http(s)://`, a file under the media root or a configured `/dev/videoN`, as the
-    source policy allows (docs/SECURITY.md); 422 `bad_url` with a `reason` otherwise."""
-    runtime: Runtime = request.app.state.runtime
+class CameraRefused(Exception):
+    """A stream that cannot be created: HTTP `status` and the error `detail`."""
+
+    def __init__(self, status: int, detail: dict[str, str]) -> None:
+        super().__init__(detail["message"])
+        self.status, self.detail, self.message = status, detail, detail["message"]
+
+
+async def start_camera(
+    runtime: Runtime, body: StreamCreate, *, persisted: bool = False
+) -> CameraStream:
+    """Vet the URL under the source policy, open the session, start the reader.
+    Shared by `POST /v1/streams` and the streams file; CameraRefused otherwise."""
     stream_metrics(runtime)
     policy = policy_from_settings(runtime.settings)
     try:
@@ -90,12 +112,17 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
     except SourceError as exc:
         runtime.metrics.requests_rejected.labels("bad_url").inc()
         detail = {"code": "bad_url", "reason": exc.reason.value, "message": str(exc)}
-        raise HTTPException(422, detail) from None
+        raise CameraRefused(422, detail) from None
+    if body.id is not None and body.id in cameras_of(runtime):
+        message = f"a stream {body.id!r} exists already; delete it first"
+        raise CameraRefused(409, {"code": "stream_exists", "message": message})
     try:
-        session = runtime.open_stream(parsed.kind, body.options.interval)
+        session = runtime.open_stream(parsed.kind, body.options.interval, body.id)
     except LimitReachedError as exc:
         runtime.metrics.requests_rejected.labels("max_streams").inc()
-        raise HTTPException(429, {"code": "limit", "message": str(exc)}) from None
+        raise CameraRefused(429, {"code": "limit", "message": str(exc)}) from None
+    except StreamExistsError as exc:
+        raise CameraRefused(409, {"code": "stream_exists", "message": str(exc)}) from None
     o = body.options
     options = SourceOptions(
         transport=o.transport,
@@ -117,7 +144,7 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         session.submit_frame(frame)
 
     reader = SourceReader(body.url, sink, options, on_decode=decoded, policy=policy)
-    camera = CameraStream(session, reader, body.name)
+    camera = CameraStream(session, reader, body.name, persisted=persisted)
     session.add_sink(camera.on_result)
     cameras_of(runtime)[session.id] = camera
 
@@ -125,9 +152,56 @@ async def create_stream(body: StreamCreate, request: Request) -> dict[str, Any]:
         await close_camera(runtime, session.id)
 
     runtime.closers[session.id] = closer
-    audit_note(request, stream=session.id, url=reader.public_url)
     reader.start()
+    return camera
+
+
+def _store(request: Request) -> StreamStore:
+    store: StreamStore = request.app.state.streams
+    return store
+
+
+PERSIST = Query(
+    False,
+    description="also write the change to the streams file (atomically), so it survives "
+    "a restart; needs --streams-file, and on create an `id` and a URL without secrets",
+)
+
+
+@router.post("", status_code=201, dependencies=[requires("admin")])
+async def create_stream(
+    body: StreamCreate, request: Request, persist: bool = PERSIST
+) -> dict[str, Any]:
+    """Start reading a camera: `rtsp://` (`?transport=udp` for UDP), `rtsps://`,
+    `http(s)://`, a file under the media root or a configured `/dev/videoN`, as the
+    source policy allows (docs/SECURITY.md); 422 `bad_url` with a `reason` otherwise.
+    `?persist=true` adds it to the streams file too (replacing one with its id)."""
+    runtime: Runtime = request.app.state.runtime
+    store = _store(request)
+    definition = None
+    try:
+        if persist:
+            options = body.options.model_dump(exclude_unset=True)
+            definition = store.definition_for(body.id, body.url, body.name, options)
+        camera = await start_camera(runtime, body, persisted=persist)
+    except PersistRefused as exc:
+        raise HTTPException(exc.status, {"code": exc.code, "message": str(exc)}) from None
+    except CameraRefused as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    sid = camera.session.id
+    audit_note(request, stream=sid, url=camera.reader.public_url, persist=persist)
+    if definition is not None:
+        try:
+            await store.save(definition)
+        except (StreamsFileError, OSError) as exc:
+            await close_camera(runtime, sid)  # all or nothing
+            message = f"the streams file was not written: {_why(exc)}"
+            raise HTTPException(500, {"code": "persist_failed", "message": message}) from None
     return camera.describe()
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror or type(exc).__name__ if isinstance(exc, OSError) else str(exc)
 
 
 @router.get("", dependencies=[requires("view")])
@@ -144,9 +218,21 @@ async def get_stream(stream_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/{stream_id}", status_code=204, dependencies=[requires("admin")])
-async def delete_stream(stream_id: str, request: Request) -> Response:
+async def delete_stream(stream_id: str, request: Request, persist: bool = PERSIST) -> Response:
+    """Stop a stream. Without `?persist=true` one from the streams file comes back at
+    the next start; with it, it is removed from the file as well."""
     runtime, _ = get_camera(request, stream_id)
+    store = _store(request)
+    if persist and store.path is None:
+        message = "persist needs a streams file (--streams-file or STREAMSEG_STREAMS_FILE)"
+        raise HTTPException(409, {"code": "no_streams_file", "message": message})
     await close_camera(runtime, stream_id)
+    if persist:
+        try:
+            await store.forget(stream_id)
+        except (StreamsFileError, OSError) as exc:
+            message = f"the stream was stopped but the streams file was not written: {_why(exc)}"
+            raise HTTPException(500, {"code": "persist_failed", "message": message}) from None
     return Response(status_code=204)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,10 @@ class LimitReachedError(RuntimeError):
     """A configured limit (peers, streams) is reached; maps to HTTP 429."""
 
 
+class StreamExistsError(ValueError):
+    """A user-chosen stream id that is already in use; maps to HTTP 409."""
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -40,6 +45,9 @@ class Runtime:
     draining: bool = False  # shutting down: /readyz answers 503 while requests still run
     request_stop: Callable[[], None] | None = None  # as a stop signal would (set by the server)
     started_at: float = field(default_factory=time.time)
+    # New for every start: lets clients tell a restarted server from a reconnect.
+    boot_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    shutting_down: bool = False  # websocket feeds are being closed with 1012
     streams: dict[str, StreamSession] = field(default_factory=dict)
     closers: dict[str, Closer] = field(default_factory=dict)
     _media_executor: ThreadPoolExecutor | None = None
@@ -118,12 +126,17 @@ class Runtime:
             ),
         )
 
-    def open_stream(self, kind: str, interval: int = 1) -> StreamSession:
-        """A new stream on the worker; `interval` N runs the model on every Nth frame."""
+    def open_stream(
+        self, kind: str, interval: int = 1, stream_id: str | None = None
+    ) -> StreamSession:
+        """A new stream on the worker; `interval` N runs the model on every Nth frame.
+        `stream_id`: a user-chosen id (checked by the caller), else the next `s<N>`."""
         if self.worker is None or not self.ready:
             raise LimitReachedError("the model is still loading; retry when /readyz is 200")
         if len(self.streams) >= self.settings.max_streams:
             raise LimitReachedError(f"at most {self.settings.max_streams} streams at once")
+        if stream_id is not None and stream_id in self.streams:
+            raise StreamExistsError(f"a stream {stream_id!r} exists already")
         stream = StreamSession(
             tracker=self.new_tracker(),
             loop=asyncio.get_running_loop(),
@@ -132,6 +145,7 @@ class Runtime:
             on_receive=self.metrics.count_received,
             interval=interval,
             on_skip=self.metrics.count_skip,
+            **({} if stream_id is None else {"id": stream_id}),
         )
         self.metrics.open_stream(stream.id)
         self.streams[stream.id] = stream

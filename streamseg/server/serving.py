@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import Any
@@ -35,3 +36,14 @@ class DrainingServer(uvicorn.Server):
         timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
         timer.daemon = True
         timer.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, then close the mask feeds ourselves (1012 with a reason, and
+        a `stopped` event where asked for) before uvicorn closes what is left with
+        1012 and no reason."""
+        from streamseg.server.stream_events import before_shutdown
+
+        for server in self.servers:
+            server.close()
+        await before_shutdown(self.runtime)
+        await super().shutdown(sockets)

@@ -331,7 +331,7 @@ async def test_unknown_ids_and_bad_socket_messages(
         headers = {**AUTH, "content-type": "application/json"}
         r = httpx.request(method, f"{url}{path}", headers=headers)
         assert r.status_code == 404 and r.json()["detail"]["code"] == "unknown_stream"
-    client = StreamsegClient(url)
+    client = StreamsegClient(url, missing_stream_timeout_s=0)  # raise at once, no retries
     with pytest.raises(StreamNotFoundError):
         await _take(client.results("zz"), 1)
     async with websockets.connect(client.ws_url("zz"), additional_headers=AUTH) as ws:
@@ -356,7 +356,7 @@ async def test_unknown_ids_and_bad_socket_messages(
             (b"\xff\xfe", "bad_json"),
             ('{"type": "dance"}', "unknown_type"),
             ('{"type": "remove", "track_id": 5}', "unknown_track"),
-            ('{"type": "prompt", "box": [0, 0, 999, 9]}', "invalid_prompt"),
+            ('{"type": "prompt", "box": [0, 0, 999, 9]}', "out_of_frame"),
         ]
         for message, code in cases:
             await ws.send(message)
@@ -425,9 +425,12 @@ async def test_client_round_trip(server: tuple[str, Runtime], rtsp: RtspTestServ
     seen = await asyncio.to_thread(robot_loop)
     assert seen == sorted(set(seen))
 
-    # Deleting the stream ends a subscriber with StreamNotFoundError, not a retry loop.
+    # Deleting the stream ends a subscriber that asked for it with StreamNotFoundError
+    # (by default it keeps retrying: tests/e2e/test_restart.py).
+    impatient = StreamsegClient(url, missing_stream_timeout_s=0)
+
     async def subscriber() -> None:
-        async for _ in client.results(sid):
+        async for _ in impatient.results(sid):
             pass
 
     task = asyncio.ensure_future(subscriber())
