@@ -49,7 +49,6 @@ CLOSE_UNAUTHORIZED = 4401  # no token, or one the server does not know
 CLOSE_FORBIDDEN = 4403  # the token lacks the scope the feed needs
 CLOSE_NORMAL = 1000  # the client closed, or the server ended the feed normally
 CLOSE_SHUTDOWN = 1012  # the server is shutting down or restarting: reconnect later
-CLOSE_INTERNAL = 1011  # the feed failed inside the server
 # Events a websocket client may ask for with `?events=`.
 EVENT_KINDS = ("state", "tracks")
 SOURCE_STATES = ("connecting", "streaming", "stalled", "reconnecting", "error", "stopped")
