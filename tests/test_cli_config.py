@@ -57,3 +57,17 @@ def test_export_then_build_engine_from_the_command_line(
     if importlib.util.find_spec("tensorrt") is None:
         assert rc == 2 and "TensorRT is not installed" in err
     assert main(["build-engine", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_bad_streams_file_stops_serve_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "streams.yaml"
+    path.write_text("streams:\n  - id: dock\n    url: rtsp://u:${CAM_PASSWORD}@10.0.0.5/live\n")
+    monkeypatch.delenv("CAM_PASSWORD", raising=False)
+    monkeypatch.setenv("STREAMSEG_TOKEN", "t" * 32)
+    assert main(["serve", "--model", "test", "--streams-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: url of 'dock': the environment variable CAM_PASSWORD is not set" in err
+    monkeypatch.setenv("STREAMSEG_STREAMS_FILE", str(path))
+    assert _settings_from(build_parser().parse_args(["serve"])).streams_file == str(path)
