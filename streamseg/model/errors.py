@@ -17,6 +17,19 @@ class InvalidPromptError(TrackerError, ValueError):
     code = "invalid_prompt"
 
 
+class OutOfFrameError(InvalidPromptError):
+    """A point or box corner outside the frame the prompt lands on; the same code as
+    the protocol's `check_prompt_in_frame`, so every surface answers alike."""
+
+    code = "out_of_frame"
+
+
+class FutureFrameError(InvalidPromptError):
+    """`frame_seq` names a frame the stream has not received yet."""
+
+    code = "future_frame"
+
+
 class UnknownTrackError(TrackerError, KeyError):
     code = "unknown_track"
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from streamseg.model.errors import InvalidPromptError
+from streamseg.model.errors import InvalidPromptError, OutOfFrameError
+from streamseg.model.transfer import to_device
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -32,7 +33,7 @@ def preprocess_image(image: np.ndarray, size: int, device: torch.device) -> torc
     mean, std = _NORM[device]
     pil = Image.fromarray(np.ascontiguousarray(image))
     resized = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
-    x = torch.from_numpy(resized.copy()).to(device).permute(2, 0, 1)[None].float() / 255.0
+    x = to_device(torch.from_numpy(resized.copy()), device).permute(2, 0, 1)[None].float() / 255.0
     return (x - mean) / std
 
 
@@ -78,8 +79,14 @@ def prompt_tensors(
         (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
     )
     if outside.any():
-        x, y = coords[np.flatnonzero(outside)[0]]
-        raise InvalidPromptError(
-            f"point ({x:g}, {y:g}) lies outside the {width}x{height} frame it refers to"
+        i = int(np.flatnonzero(outside)[0])
+        x, y = coords[i]
+        corners = 2 if box is not None else 0  # a box is coords[0:2]
+        what = (
+            f"box corner ({x:g}, {y:g})" if i < corners else f"points[{i - corners}] ({x:g}, {y:g})"
+        )
+        raise OutOfFrameError(
+            f"{what} lies outside the {width}x{height} frame it refers to "
+            f"(x in [0, {width}], y in [0, {height}])"
         )
     return torch.from_numpy(coords), torch.from_numpy(lab)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from streamseg.model.errors import FutureFrameError
 from streamseg.pipeline.stream import StreamSession
 from streamseg.pipeline.worker import InferenceWorker
 from streamseg.protocol.prompts import (
@@ -27,6 +28,7 @@ async def apply_to_tracker(
     if isinstance(msg, AddPrompt):
 
         def add() -> tuple[Any, bool]:
+            _check_not_ahead(stream, msg.frame_seq)
             track_id = msg.track_id
             if track_id is None:
                 track_id = tracker.next_track_id(PromptLimits().max_track_id)
@@ -60,6 +62,20 @@ async def apply_to_tracker(
         await worker.submit(tracker.reset)
         return {"reset": True}
     raise TypeError(f"{type(msg).__name__} is not a tracker command")
+
+
+def _check_not_ahead(stream: StreamSession, seq: int | None) -> None:
+    """A prompt names a frame the client was shown, so never one the stream has not
+    received: a seq from the future (a client bug, or another stream's numbering)
+    would otherwise land on the newest frame and be acked as if it meant that."""
+    if seq is None:
+        return
+    known = [s for s in (stream.newest_seq, stream.tracker.last_seq) if s is not None]
+    if known and seq > max(known):
+        raise FutureFrameError(
+            f"frame_seq {seq} is ahead of the newest frame this stream has received "
+            f"({max(known)}); name a frame you were shown, or omit frame_seq for the newest"
+        )
 
 
 def _onto_a_model_frame(stream: StreamSession, msg: AddPrompt) -> tuple[AddPrompt, bool]:

@@ -87,6 +87,8 @@ class StreamSession:
         self._since_model: int | None = None
         self._waiting_since: float | None = None
         self.closed = False
+        # The newest frame received (model or not): prompts may name frames up to it.
+        self.newest_seq: int | None = None
 
     # ---- producer side (any thread) -------------------------------------------------
 
@@ -98,6 +100,7 @@ class StreamSession:
             return
         with self._lock:
             self.counters.received += 1
+        self.newest_seq = frame.seq  # before any sink: a frame shown is a frame known
         if self.on_receive is not None:
             self.on_receive(self.id)
         for _, sink in self._frame_sinks:

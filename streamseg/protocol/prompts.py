@@ -115,16 +115,29 @@ def _bad(message: str) -> PromptError:
     return PromptError("bad_field", message)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_EXACT_FLOAT_INT = 2**53
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer as JSON Schema means it: `3`, or a number with no fractional part
+    (`3.0`, which JavaScript cannot tell from `3`), exactly representable; never
+    `true`. None when `value` is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+        return int(value)
+    return None
 
 
 def _int(body: Mapping[str, Any], name: str, high: int) -> int | None:
-    value = body.get(name)
-    if value is None:
+    raw = body.get(name)
+    if raw is None:
         return None
-    if not _is_int(value):
-        raise _bad(f"'{name}' must be an integer, got {value!r}")
+    value = _as_int(raw)
+    if value is None:
+        raise _bad(f"'{name}' must be an integer, got {raw!r}")
     if not 0 <= value <= high:
         raise _bad(f"'{name}' must be in [0, {high}], got {value}")
     return int(value)
@@ -173,7 +186,7 @@ def _labels(body: Mapping[str, Any]) -> tuple[int, ...]:
         return ()
     items = _list(raw, "labels", "a list of 1 (positive) or 0 (negative), one per point")
     for i, v in enumerate(items):
-        if not _is_int(v) or v not in (0, 1):
+        if _as_int(v) not in (0, 1):
             raise _bad(f"'labels[{i}]' must be 1 (positive) or 0 (negative), got {v!r}")
     return tuple(int(v) for v in items)
 

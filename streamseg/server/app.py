@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,9 @@ from fastapi.staticfiles import StaticFiles
 from streamseg import __version__
 from streamseg.config import Settings
 from streamseg.media.overlay import PALETTE
-from streamseg.server import security
+from streamseg.model.tracker import TrackerSettings
+from streamseg.protocol.prompts import PromptLimits
+from streamseg.server import api_errors, security
 from streamseg.server.auth import HostPolicy, TokenStore, bind_problem
 from streamseg.server.errors import InternalErrorMiddleware
 from streamseg.server.metrics import CONTENT_TYPE
@@ -116,14 +119,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "max_streams": settings.max_streams,
                 "max_tracks": settings.max_tracks,
                 "max_frame_side": settings.max_frame_side,
+                # REST uploads (/v1/segment, /v1/images)
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_prompts_per_request": settings.max_prompts_per_request,
+                "max_points_per_image_prompt": PromptLimits().max_points,
+                # one client message on a stream (REST, websocket, data channel)
+                "prompt": asdict(_stream_limits(runtime)),
+                "max_points_per_frame": TrackerSettings().max_points_per_frame,
             },
         }
 
     _include_routers(app)
+    bodies = api_errors.request_bodies(
+        settings.max_prompts_per_request, settings.max_upload_bytes, _stream_limits(runtime)
+    )
+    api_errors.install(app, bodies)  # after the routers: documents each of them
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
     if web_dir.is_dir():
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
     return app
+
+
+def _stream_limits(runtime: Runtime) -> PromptLimits:
+    from streamseg.server.cameras import prompt_limits
+
+    return prompt_limits(runtime)
 
 
 def _include_routers(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import HTTPException
 from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
 
 from streamseg.model.errors import InvalidPromptError
 from streamseg.model.segmenter import ImageEmbedding, ImagePrompt, SegmentMask
@@ -27,6 +28,7 @@ from streamseg.server.security import requires
 
 router = APIRouter(prefix="/v1", tags=["segment"])
 MASK_FORMATS = ("png", "rle")
+IMAGE_PROMPT_FIELDS = {"points", "labels", "box"}  # no frames or tracks on an image
 # JSON bodies larger than this (base64 images) are parsed off the event loop.
 LOOP_PARSE_BYTES = 256 * 1024
 EXIF_ORIENTATION = 0x0112
@@ -108,6 +110,7 @@ async def _inputs(
 ) -> tuple[np.ndarray, list[ImagePrompt], str]:
     body = await _read_body(request, runtime)
     content_type = request.headers.get("content-type", "")
+    allowed = {"image", "prompts", "mask_format"} if need_prompts else {"image"}
     fields: dict[str, Any]
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
@@ -115,13 +118,17 @@ async def _inputs(
         if upload is None or isinstance(upload, str):
             _refuse(runtime, 422, "missing_image", "multipart field 'image' (a file) is required")
         raw_image = await upload.read()
+        _only(runtime, form.keys(), allowed, "multipart field")
         fields = {k: form.get(k) for k in ("prompts", "mask_format")}
+        if isinstance(fields["prompts"], UploadFile):  # a JSON part sent with a file name
+            fields["prompts"] = (await fields["prompts"].read()).decode("utf-8", "replace")
         if isinstance(fields["prompts"], str):
             fields["prompts"] = await _json(runtime, fields["prompts"], "'prompts'")
     else:
         fields = await _json(runtime, body, "the body")
         if not isinstance(fields, dict) or not isinstance(fields.get("image_base64"), str):
             _refuse(runtime, 422, "missing_image", "JSON body needs 'image_base64'")
+        _only(runtime, fields, {"image_base64", *allowed} - {"image"}, "field")
         try:
             raw_image = base64.b64decode(fields["image_base64"], validate=True)
         except (binascii.Error, ValueError):
@@ -136,9 +143,18 @@ async def _inputs(
     return image, prompts, _mask_format(runtime, fields.get("mask_format"))
 
 
+def _only(runtime: Runtime, names: Any, allowed: set[str], what: str) -> None:
+    """Unknown fields are refused, as in every client message: a misspelt
+    `mask_fromat` must not silently mean the default."""
+    unknown = sorted(str(n) for n in names if n not in allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed))
+        _refuse(runtime, 422, "bad_field", f"unknown {what} {unknown[0]!r}; allowed: {known}")
+
+
 def _mask_format(runtime: Runtime, value: Any) -> str:
-    value = value or "png"
-    if value not in MASK_FORMATS:
+    value = "png" if value is None else value
+    if not isinstance(value, str) or value not in MASK_FORMATS:
         _refuse(runtime, 422, "bad_field", f"'mask_format' must be one of {MASK_FORMATS}")
     return str(value)
 
@@ -155,6 +171,7 @@ def _prompts(runtime: Runtime, raw: Any, required: bool) -> list[ImagePrompt]:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict):
             _refuse(runtime, 422, "bad_field", f"prompts[{i}] must be an object")
+        _only(runtime, entry, IMAGE_PROMPT_FIELDS, f"field in prompts[{i}]:")
         try:
             parsed = parse_client_message({**entry, "type": "prompt"}, PromptLimits())
         except PromptError as exc:
@@ -176,7 +193,7 @@ async def _on_worker(runtime: Runtime, fn: Any) -> Any:
     except WorkerStoppedError as exc:
         _refuse(runtime, 503, "shutting_down", str(exc))
     except InvalidPromptError as exc:
-        _refuse(runtime, 422, "out_of_frame" if "outside" in str(exc) else exc.code, str(exc))
+        _refuse(runtime, 422, exc.code, str(exc))  # out_of_frame, too_many_points, ...
 
 
 def _mask_json(mask: SegmentMask, fmt: str) -> dict[str, Any]:
@@ -257,6 +274,7 @@ async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
     fields = await _json(runtime, body, "the body")
     if not isinstance(fields, dict):
         _refuse(runtime, 422, "bad_json", "body must be a JSON object")
+    _only(runtime, fields, {"prompts", "mask_format"}, "field")
     prompts = _prompts(runtime, fields.get("prompts"), required=True)
     fmt = _mask_format(runtime, fields.get("mask_format"))
     masks, decoder_s = await _on_worker(runtime, lambda: seg.segment(embedding, prompts))

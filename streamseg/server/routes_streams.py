@@ -22,6 +22,7 @@ from streamseg.protocol.prompts import (
     PromptError,
     parse_client_message,
 )
+from streamseg.server.api_errors import JsonInt, read_bounded
 from streamseg.server.cameras import (
     CameraStream,
     apply_message,
@@ -60,7 +61,7 @@ class StreamOptions(BaseModel):
         description="https/rtsps: verify the certificate and host name; false accepts any "
         "certificate for this stream (anyone on the path can then impersonate the camera)",
     )
-    interval: int = Field(
+    interval: JsonInt = Field(
         default=1,
         ge=1,
         le=MAX_INTERVAL,
@@ -81,6 +82,12 @@ class StreamCreate(BaseModel):
         None,
         description="a stream id of your choosing (A-Z, a-z, 0-9, _ and -, at most 64, "
         "not s<number>); default: the server assigns s1, s2, ...",
+        # What `stream_id_problem` accepts, for clients and fuzzers (s<number> excluded).
+        json_schema_extra={
+            "pattern": "^(?:[A-Za-rt-z0-9][A-Za-z0-9_-]*|s(?:[0-9]*[A-Za-z_-][A-Za-z0-9_-]*)?)$",
+            "minLength": 1,
+            "maxLength": 64,
+        },
     )
 
     @field_validator("id")
@@ -241,11 +248,14 @@ async def prompt_stream(stream_id: str, request: Request) -> dict[str, Any]:
     """Same JSON as the websocket and data-channel messages (`type`: prompt, remove,
     reset); returns what was done (track_id, applied_seq, exact, ...)."""
     runtime, camera = get_camera(request, stream_id)
+    limits = prompt_limits(runtime)
     try:
-        msg = parse_client_message(await request.body(), prompt_limits(runtime))
+        body = await read_bounded(request, limits.max_message_bytes)  # 413 `too_large`
+        msg = parse_client_message(body, limits)
         return await apply_message(runtime, camera.session, msg)
     except PromptError as exc:
-        raise HTTPException(422, {"code": exc.code, "message": str(exc)}) from None
+        status = 413 if exc.code == "too_large" else 422
+        raise HTTPException(status, {"code": exc.code, "message": str(exc)}) from None
     except TrackerError as exc:
         status = 404 if exc.code == "unknown_track" else 409 if exc.code == "no_frame_yet" else 422
         raise HTTPException(status, {"code": exc.code, "message": str(exc)}) from None

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from streamseg.media.webrtc import OfferError, PeerOptions, answer_offer
 from streamseg.pipeline.stream import MAX_INTERVAL
+from streamseg.server.api_errors import JsonInt
 from streamseg.server.errors import StrictJSONRoute
 from streamseg.server.runtime import LimitReachedError, Runtime
 from streamseg.server.security import audit_note, requires
@@ -24,7 +25,7 @@ class OfferOptions(BaseModel):
     # frame per model result.
     rate: Literal["source", "model"] = "source"
     # Run the model on every Nth frame only; the video still comes back at source rate.
-    interval: int = Field(default=1, ge=1, le=MAX_INTERVAL, strict=True)
+    interval: JsonInt = Field(default=1, ge=1, le=MAX_INTERVAL, strict=True)
 
 
 class Offer(BaseModel):
@@ -44,20 +45,22 @@ class Answer(BaseModel):
 async def offer(body: Offer, request: Request) -> Answer:
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
-        raise HTTPException(503, "the model is still loading; retry when /readyz is 200")
+        message = "the model is still loading; retry when /readyz is 200"
+        raise HTTPException(503, {"code": "not_ready", "message": message})
     peers = sum(1 for s in runtime.streams.values() if s.kind == "webrtc")
     if peers >= runtime.settings.max_peers:
         runtime.metrics.requests_rejected.labels("max_peers").inc()
-        raise HTTPException(429, f"at most {runtime.settings.max_peers} WebRTC peers at once")
+        message = f"at most {runtime.settings.max_peers} WebRTC peers at once"
+        raise HTTPException(429, {"code": "limit", "message": message})
     try:
         answer, peer = await answer_offer(
             runtime, runtime.media_executor(), body.sdp, PeerOptions(**body.options.model_dump())
         )
     except OfferError as exc:
         runtime.metrics.requests_rejected.labels("bad_offer").inc()
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(400, {"code": "bad_offer", "message": str(exc)}) from None
     except LimitReachedError as exc:
         runtime.metrics.requests_rejected.labels("max_streams").inc()
-        raise HTTPException(429, str(exc)) from None
+        raise HTTPException(429, {"code": "limit", "message": str(exc)}) from None
     audit_note(request, stream=peer.stream.id, peer=peer.id)
     return Answer(sdp=answer.sdp, stream_id=peer.stream.id, peer_id=peer.id)

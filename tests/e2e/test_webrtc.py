@@ -139,7 +139,7 @@ async def test_bad_data_channel_messages_get_errors(server: tuple[str, Runtime])
         cases = [
             ({"type": "fly"}, "unknown_type"),
             ({"type": "prompt"}, "empty_prompt"),
-            ({"type": "prompt", "points": [[999, 5]], "labels": [1]}, "invalid_prompt"),
+            ({"type": "prompt", "points": [[999, 5]], "labels": [1]}, "out_of_frame"),
             ({"type": "remove", "track_id": 77}, "unknown_track"),
         ]
         for message, code in cases:

@@ -201,3 +201,17 @@ def test_peek_request_id() -> None:
     assert peek_request_id("[" * 50_000) is None
     assert peek_request_id('{"request_id": "' + "r" * 200 + '"}') is None
     assert peek_request_id(" " * 70_000 + '{"request_id": "r"}') is None
+
+
+def test_whole_numbers_are_integers_as_json_schema_says() -> None:
+    """JSON Schema's `integer` (the OpenAPI contract) admits 3.0, and JavaScript cannot
+    tell it from 3: both mean the same track and frame; 3.5 and true never do."""
+    body = '{"type": "prompt", "track_id": 3.0, "frame_seq": 12.0, "points": [[1, 1]], "labels": [1.0]}'
+    msg = parse_client_message(body)
+    assert isinstance(msg, AddPrompt)
+    assert (msg.track_id, msg.frame_seq, msg.labels) == (3, 12, (1,))
+    assert all(type(v) is int for v in (msg.track_id, msg.frame_seq, *msg.labels))
+    for bad in ("3.5", "true", "9.0e18"):  # 9e18 is past 2**53: not exactly that integer
+        with pytest.raises(PromptError) as info:
+            parse_client_message('{"type": "remove", "track_id": ' + bad + "}")
+        assert info.value.code == "bad_field" and "track_id" in str(info.value)

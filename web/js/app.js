@@ -378,7 +378,8 @@ async function connect() {
     });
     if (!response.ok) {
       const detail = (await response.json().catch(() => ({}))).detail;
-      throw new Error(typeof detail === "string" ? detail : `server answered ${response.status}`);
+      // Every refusal is {"detail": {"code", "message"}} (docs/PROTOCOL.md).
+      throw new Error(detail?.message || `server answered ${response.status}`);
     }
     const answer = await response.json();
     await pc.setRemoteDescription({ sdp: answer.sdp, type: "answer" });
