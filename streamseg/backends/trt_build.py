@@ -32,25 +32,48 @@ class BackendUnavailableError(RuntimeError):
     message says what to do about it."""
 
 
+def tensorrt_package(cuda_version: str | None) -> str:
+    """The pip package whose TensorRT matches this CUDA major version: NVIDIA publishes
+    one per major (`tensorrt-cu12`, `tensorrt-cu13`), and a mismatched one fails to load
+    its libraries."""
+    major = (cuda_version or "").split(".", 1)[0]
+    return f"tensorrt-cu{major}" if major.isdigit() else "tensorrt-cu<CUDA major>"
+
+
+def missing_tensorrt_message(cuda_version: str | None) -> str:
+    package = tensorrt_package(cuda_version)
+    found = f"torch's CUDA is {cuda_version}" if cuda_version else "torch has no CUDA"
+    return (
+        f"TensorRT is not installed ({found}). On a GPU host install it from NVIDIA's "
+        f"index (`pip install {package}`, or STREAMSEG_EXTRAS=dev,onnx,tensorrt "
+        "./scripts/setup.sh) or use the image in docker/; it cannot be installed on "
+        "CPU-only machines. Use --backend torch or onnx there."
+    )
+
+
 def require_tensorrt() -> Any:
     """Import tensorrt, or explain exactly what is missing and how to get it."""
+    import torch
+
     try:
         import tensorrt as trt
     except ImportError:
-        raise BackendUnavailableError(
-            "TensorRT is not installed. On a GPU host install it from NVIDIA's index "
-            "(`pip install tensorrt-cu12`, or STREAMSEG_EXTRAS=dev,onnx,tensorrt "
-            "./scripts/setup.sh) or use the image in docker/; it cannot be installed on "
-            "CPU-only machines. Use --backend torch or onnx there."
-        ) from None
-    import torch
-
+        raise BackendUnavailableError(missing_tensorrt_message(torch.version.cuda)) from None
     if not torch.cuda.is_available():
         raise BackendUnavailableError(
             "TensorRT needs a CUDA GPU, and torch sees none (CPU-only torch build, no "
             "driver, or CUDA_VISIBLE_DEVICES empty). Use --backend torch or onnx."
         )
     return trt
+
+
+def engine_device_memory(engine: Any) -> int | None:
+    """Activation memory an execution context needs at the profile's maximum
+    (`device_memory_size_v2`, TensorRT >= 10.1; `device_memory_size` before)."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    if size is None:
+        size = getattr(engine, "device_memory_size", None)
+    return None if size is None else int(size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +91,15 @@ class BankLimits:
             raise ValueError("every limit must be >= 1")
         if not 1 <= self.steady_objects <= self.max_objects:
             raise ValueError("steady_objects must be within 1..max_objects")
+
+    @classmethod
+    def for_server(
+        cls, max_tracks: int, max_prompts_per_request: int, max_batch: int
+    ) -> BankLimits:
+        """What a server's settings can send through one launch: a stream's tracks or
+        one request's prompts (decoded as one batch), and `max_batch` streams' frames in
+        one image-encoder launch. Larger profiles cost activation memory."""
+        return cls(max_objects=max(max_tracks, max_prompts_per_request), max_images=max_batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,19 +228,22 @@ def plan_cache_key(
     compute_capability: tuple[int, int],
     precision: str,
     profile: Profile,
+    workspace_bytes: int | None = None,
 ) -> str:
-    """A plan is only valid for this exact graph, TensorRT, GPU, precision and profile."""
-    blob = json.dumps(
-        {
-            "onnx": onnx_sha256,
-            "trt": trt_version,
-            "gpu": gpu_name,
-            "sm": list(compute_capability),
-            "precision": precision,
-            "profile": profile.as_json(),
-        },
-        sort_keys=True,
-    )
+    """A plan is only valid for this exact graph, TensorRT, GPU, precision and profile,
+    and the workspace cap decides which tactics the builder could pick. (An uncapped
+    build keeps the key it had before the cap was part of it.)"""
+    parts: dict[str, Any] = {
+        "onnx": onnx_sha256,
+        "trt": trt_version,
+        "gpu": gpu_name,
+        "sm": list(compute_capability),
+        "precision": precision,
+        "profile": profile.as_json(),
+    }
+    if workspace_bytes:
+        parts["workspace"] = int(workspace_bytes)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -218,6 +253,7 @@ class PlanEntry:
     key: str
     onnx_sha256: str
     profile: Profile
+    device_memory: int | None = None  # engine.device_memory_size_v2, bytes per context
 
 
 @dataclass(frozen=True)
@@ -240,7 +276,7 @@ class PlanManifest:
             "limits": {k: getattr(self.limits, k) for k in BankLimits.__slots__},
             "graphs": {
                 name: {"plan": e.plan, "key": e.key, "onnx_sha256": e.onnx_sha256,
-                       "profile": e.profile.as_json()}
+                       "profile": e.profile.as_json(), "device_memory": e.device_memory}
                 for name, e in sorted(self.graphs.items())
             },
         }  # fmt: skip
@@ -256,7 +292,7 @@ class PlanManifest:
             limits=BankLimits(**data["limits"]),
             graphs={
                 name: PlanEntry(e["plan"], e["key"], e["onnx_sha256"],
-                                Profile.from_json(e["profile"]))
+                                Profile.from_json(e["profile"]), e.get("device_memory"))
                 for name, e in data["graphs"].items()
             },
         )  # fmt: skip
@@ -298,15 +334,18 @@ def build_engine(
     precision: str,
     workspace_bytes: int | None = None,
 ) -> PlanEntry:
-    """Build (or reuse) one serialized plan as a strongly typed network."""
+    """Build (or reuse) one serialized plan as a strongly typed network, with the
+    activation memory a context of it needs (kept beside the plan)."""
     data = onnx_path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     key = plan_cache_key(sha, device.tensorrt, device.gpu, device.compute_capability,
-                         precision, profile)  # fmt: skip
-    entry = PlanEntry(f"{onnx_path.stem}-{key}.plan", key, sha, profile)
-    plan = plans_dir / entry.plan
+                         precision, profile, workspace_bytes)  # fmt: skip
+    plan_name = f"{onnx_path.stem}-{key}.plan"
+    plan = plans_dir / plan_name
+    facts = plan.with_suffix(".json")
     if plan.is_file():
-        return entry
+        known = json.loads(facts.read_text()) if facts.is_file() else {}
+        return PlanEntry(plan_name, key, sha, profile, known.get("device_memory"))
     plans_dir.mkdir(parents=True, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -338,8 +377,16 @@ def build_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build {onnx_path} (see the log above)")
     _write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
-    _write_atomic(plan, bytes(serialized))
-    return entry
+    memory = _plan_device_memory(trt, logger, serialized)
+    _write_atomic(facts, json.dumps({"device_memory": memory}).encode())
+    _write_atomic(plan, bytes(serialized))  # last: its presence means done
+    return PlanEntry(plan_name, key, sha, profile, memory)
+
+
+def _plan_device_memory(trt: Any, logger: Any, serialized: Any) -> int | None:
+    """Deserialize the fresh plan once to read what a context of it will need."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    return None if engine is None else engine_device_memory(engine)
 
 
 def build_plans(
@@ -414,5 +461,6 @@ def build_engine_main(args: argparse.Namespace) -> int:
         return 2
     plans_dir = plans or export_dir / "plans"
     for name, entry in result.graphs.items():
-        print(f"{name}: {plans_dir / entry.plan}")
+        memory = "?" if entry.device_memory is None else f"{entry.device_memory / 2**20:.0f} MiB"
+        print(f"{name}: {plans_dir / entry.plan} (activations {memory})")
     return 0

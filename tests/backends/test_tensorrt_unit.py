@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib.util
+import inspect
 import json
 import sys
 import types
@@ -37,6 +38,7 @@ TINY_1024 = ModelGeometry(
 )
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 DEVICE = DeviceInfo("10.13.0", "NVIDIA H100 80GB HBM3", (9, 0))
+PLAN_MEMORY = 3 * 2**20
 
 
 def test_memory_attention_profile_covers_the_bank() -> None:
@@ -104,7 +106,9 @@ def test_plan_cache_key_changes_with_every_ingredient() -> None:
         (*base[:5], memory_attention_profile(TINY_1024, BankLimits(steady_objects=2))),
     ]
     keys = {plan_cache_key(*base)} | {plan_cache_key(*v) for v in variants}
-    assert len(keys) == len(variants) + 1
+    keys |= {plan_cache_key(*base, 2**30), plan_cache_key(*base, 2**31)}  # workspace caps
+    assert len(keys) == len(variants) + 3
+    assert plan_cache_key(*base, None) == plan_cache_key(*base)  # uncapped: key unchanged
     assert plan_cache_key(*base) == plan_cache_key(*base)
 
 
@@ -265,7 +269,15 @@ def _fake_trt(rec: _Recorder, parse_ok: bool = True) -> Any:
             rec.calls.append(("build", tuple(network.inputs)))
             return b"serialized-plan"
 
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Any:
+            rec.calls.append(("deserialize",))
+            return types.SimpleNamespace(device_memory_size_v2=PLAN_MEMORY)
+
+    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, Parser, Runtime
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
     return trt
@@ -293,6 +305,7 @@ def test_build_engine_sequence(tmp_path: Path) -> None:
     entry = build_engine(trt, onnx_path, profile, plans, DEVICE, "fp16", workspace_bytes=2**30)
     assert (plans / entry.plan).read_bytes() == b"serialized-plan"
     assert entry.key in entry.plan and len(entry.onnx_sha256) == 64
+    assert entry.device_memory == PLAN_MEMORY  # read from the fresh plan, kept beside it
     names = [c[0] for c in rec.calls]
     assert ("create_network", 1) in rec.calls  # 1 << STRONGLY_TYPED: no weak typing
     assert ("set_shape", "rel_pos", (1,), (16,), (19,)) in rec.calls
@@ -301,8 +314,10 @@ def test_build_engine_sequence(tmp_path: Path) -> None:
     timing = plans / f"timing-{DEVICE.slug}.cache"
     assert timing.read_bytes() == b"+timings"
     rec.calls.clear()
-    again = build_engine(trt, onnx_path, profile, plans, DEVICE, "fp16")
+    again = build_engine(trt, onnx_path, profile, plans, DEVICE, "fp16", workspace_bytes=2**30)
     assert again == entry and rec.calls == []  # cached: no builder at all
+    uncapped = build_engine(trt, onnx_path, profile, plans, DEVICE, "fp16")
+    assert uncapped.key != entry.key  # the workspace cap is part of the key
     other = build_engine(trt, onnx_path, Profile({"rel_pos": ((1,), (8,), (19,))}), plans,
                          DEVICE, "fp16")  # fmt: skip
     assert other.plan != entry.plan
@@ -340,6 +355,7 @@ def test_build_engine_command(
     assert trt_build.build_engine_main(args) == 0
     assert "pointer_pos: " in capsys.readouterr().out
     built = PlanManifest.load(tmp_path / "plans", DEVICE)
+    assert built.graphs["pointer_pos"].device_memory == PLAN_MEMORY  # in the plan manifest
     assert built.limits == BankLimits(max_cond_frames=2, max_objects=4)
     assert built.graphs["pointer_pos"].profile.shapes["rel_pos"] == ((1,), (16,), (17,))
     bad = parser.parse_args([str(tmp_path), "--steady-objects", "9", "--max-objects", "4"])
@@ -348,12 +364,75 @@ def test_build_engine_command(
 
 # --- the runtime's buffers and CUDA-graph policy against a fake engine ---------------------
 
+USER_MANAGED = "user-managed"
+FAKE_TRT = types.SimpleNamespace(
+    TensorIOMode=types.SimpleNamespace(INPUT="in"),
+    ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED=USER_MANAGED),
+)
+
+
+class _FakeStream:
+    """Launch semantics of a CUDA stream that matter here: a launch enqueues work; while
+    capturing, the work is recorded with the arguments it had when it was enqueued and
+    runs only when the graph is replayed."""
+
+    handle = 7
+
+    def __init__(self, fail_capture: bool = False) -> None:
+        self.recording: list[Any] | None = None
+        self.captures = 0
+        self.fail_capture = fail_capture
+
+    def use(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def begin(self, inputs: list[torch.Tensor]) -> None:
+        pass
+
+    def adopt(self, buffers: list[torch.Tensor]) -> None:
+        pass
+
+    def end(self, outputs: list[torch.Tensor]) -> None:
+        pass
+
+    def enqueue(self, work: Any) -> None:
+        if self.recording is None:
+            work()
+        else:
+            self.recording.append(work)
+
+    def capture(self, launch: Any) -> Any:
+        self.captures += 1
+        self.recording = []
+        try:
+            launch()
+            if self.fail_capture:
+                raise RuntimeError("operation not permitted when stream is capturing")
+        finally:
+            recorded, self.recording = self.recording, None
+
+        def replay() -> None:
+            for work in recorded:
+                work()
+
+        return replay
+
 
 class _FakeContext:
-    def __init__(self) -> None:
+    """y = x through the bound addresses, like an engine. A direct launch also does
+    TensorRT's host-side setup for the current shapes into this context's own state; a
+    recorded (captured) launch keeps its arguments but reads that state when replayed,
+    so a graph replayed after its context was set up for other shapes goes wrong (NaN)."""
+
+    def __init__(self, engine: _FakeEngine, strategy: Any) -> None:
+        self.engine = engine
+        self.strategy = strategy
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
-        self.launches = 0
+        self.memory: tuple[int, int] | None = None
+        self.prepared: dict[str, tuple[int, ...]] | None = None
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         self.shapes[name] = tuple(shape)
@@ -362,25 +441,52 @@ class _FakeContext:
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         return self.shapes["x"]
 
-    def set_tensor_address(self, name: str, address: int) -> None:
+    def set_tensor_address(self, name: str, address: int) -> bool:
         self.addresses[name] = address
+        return not self.engine.refuse_addresses
 
-    def execute_async_v3(self, stream: int) -> bool:
-        """y = x, through the bound addresses (like a real engine would)."""
-        n = 4 * int(torch.Size(self.shapes["x"]).numel())
-        ctypes.memmove(self.addresses["y"], self.addresses["x"], n)
-        self.launches += 1
+    def set_device_memory(self, memory: int, size: int) -> None:
+        self.memory = (memory, size)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        stream = self.engine.stream
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+        if stream.recording is None:
+            self.prepared = shapes
+        elif self.prepared != shapes:
+            return False  # TensorRT needs a direct launch after a shape change
+        n = 4 * int(torch.Size(shapes["x"]).numel())
+        if self.strategy == USER_MANAGED:
+            assert self.memory is not None and self.memory[1] >= n, "activation memory"
+
+        def kernel() -> None:
+            self.engine.kernel_runs += 1
+            if self.prepared != shapes:
+                ctypes.memset(addresses["y"], 0xFF, n)  # NaN: set up for other shapes
+            elif self.memory is not None:  # through the activation memory it was given
+                ctypes.memmove(self.memory[0], addresses["x"], n)
+                ctypes.memmove(addresses["y"], self.memory[0], n)
+            else:
+                ctypes.memmove(addresses["y"], addresses["x"], n)
+
+        stream.enqueue(kernel)
         return True
 
 
 class _FakeEngine:
     num_io_tensors = 2
+    device_memory_size_v2 = 4 * 8 * 4  # the profile's largest x, as float32
 
-    def __init__(self) -> None:
-        self.context = _FakeContext()
+    def __init__(self, stream: _FakeStream, refuse_addresses: bool = False) -> None:
+        self.stream = stream
+        self.refuse_addresses = refuse_addresses
+        self.contexts: list[_FakeContext] = []
+        self.kernel_runs = 0
 
-    def create_execution_context(self) -> _FakeContext:
-        return self.context
+    def create_execution_context(self, strategy: Any = None) -> _FakeContext:
+        context = _FakeContext(self, strategy)
+        self.contexts.append(context)
+        return context
 
     def get_tensor_name(self, i: int) -> str:
         return ["x", "y"][i]
@@ -395,14 +501,22 @@ class _FakeEngine:
         return [(1, 4), (2, 4), (8, 4)]
 
 
+def _runner(engine: _FakeEngine, **kwargs: Any) -> Any:
+    from streamseg.backends import tensorrt_graphs
+
+    if "activations" in inspect.signature(tensorrt_graphs.TrtRunner).parameters:
+        size = engine.device_memory_size_v2
+        kwargs.setdefault("activations", tensorrt_graphs.Activations(size, torch.device("cpu")))
+    return tensorrt_graphs.TrtRunner(FAKE_TRT, engine, torch.device("cpu"), engine.stream,
+                                     "fake", **kwargs)  # fmt: skip
+
+
 def test_runner_keeps_buffers_and_captures_at_steady_state() -> None:
-    from streamseg.backends.tensorrt_graphs import HostStream, TrtRunner, torch_dtype
+    from streamseg.backends.tensorrt_graphs import torch_dtype
 
     assert torch_dtype(types.SimpleNamespace(name="HALF")) == torch.float16
-    trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="in"))
-    engine, stream = _FakeEngine(), HostStream()
-    runner = TrtRunner(trt, engine, torch.device("cpu"), stream, "fake", capture_after=3,
-                       max_signatures=2)  # fmt: skip
+    engine = _FakeEngine(_FakeStream())
+    runner = _runner(engine, capture_after=3, max_signatures=2)
     assert runner.inputs == ["x"] and runner.outputs == ["y"]
     pointers = set()
     for step in range(6):
@@ -412,12 +526,64 @@ def test_runner_keeps_buffers_and_captures_at_steady_state() -> None:
         slot = next(iter(runner.slots.values()))
         pointers.add((slot.inputs["x"].data_ptr(), slot.outputs["y"].data_ptr()))
     assert len(pointers) == 1  # nothing reallocated at steady state
-    assert stream.captures == 1 and slot.replay is not None
+    assert engine.stream.captures == 1 and slot.replay is not None
     (y,) = runner(x=torch.ones(3, 4))  # a second signature gets its own buffers
     (y,) = runner(x=torch.ones(5, 4))  # a third evicts the least recently used
     assert [s[0][1][0] for s in runner.slots] == [3, 5]
     with pytest.raises(ValueError, match="outside the plan's profile"):
         runner(x=torch.ones(9, 4))
+
+
+def test_captured_signatures_replay_after_others_ran() -> None:
+    """A, B, A with both captured: each graph must still find its context set up for
+    its own shapes (one context per captured signature, as TensorRT's tools do)."""
+    engine = _FakeEngine(_FakeStream())
+    runner = _runner(engine, capture_after=1)
+    for step in range(4):
+        for rows in (2, 3):
+            x = torch.full((rows, 4), float(10 * step + rows))
+            (y,) = runner(x=x)
+            assert torch.equal(y, x), (step, rows)
+    assert engine.stream.captures == 2
+    assert len({id(c) for c in engine.contexts}) == 2  # one per signature
+
+
+def test_contexts_share_one_activation_buffer() -> None:
+    engine = _FakeEngine(_FakeStream())
+    runner = _runner(engine, capture_after=1)
+    for rows in (1, 2, 8, 2, 1):
+        x = torch.randn(rows, 4)
+        assert torch.equal(runner(x=x)[0], x)
+    assert len(engine.contexts) == 3
+    assert {c.strategy for c in engine.contexts} == {USER_MANAGED}
+    memory = {c.memory for c in engine.contexts}
+    assert len(memory) == 1 and next(iter(memory))[1] >= engine.device_memory_size_v2  # type: ignore[index]
+
+
+def test_each_call_runs_the_engine_once_capture_included() -> None:
+    engine = _FakeEngine(_FakeStream())
+    runner = _runner(engine, capture_after=2)
+    for step in range(5):
+        x = torch.full((2, 4), float(step))
+        assert torch.equal(runner(x=x)[0], x)
+        assert engine.kernel_runs == step + 1
+    assert engine.stream.captures == 1
+
+
+def test_refused_tensor_address_is_an_error() -> None:
+    runner = _runner(_FakeEngine(_FakeStream(), refuse_addresses=True))
+    with pytest.raises(RuntimeError, match="set_tensor_address"):
+        runner(x=torch.ones(2, 4))
+
+
+def test_failed_capture_falls_back_to_direct_launches(caplog: pytest.LogCaptureFixture) -> None:
+    engine = _FakeEngine(_FakeStream(fail_capture=True))
+    runner = _runner(engine, capture_after=1)
+    for step in range(4):
+        x = torch.full((2, 4), float(step))
+        assert torch.equal(runner(x=x)[0], x)
+    assert engine.stream.captures == 1 and "capture failed" in caplog.text
+    assert engine.kernel_runs == 4
 
 
 @pytest.mark.gpu
