@@ -114,6 +114,7 @@ PROBE_FIRST_S = 0.05  # the first probe after a loss; then doubling up to probe_
 EVENTS_KEPT = 32  # recent events on the reader (oldest dropped)
 PENDING_KEPT = 64  # stamps of packets in the decoder whose frame has not come out
 SKIP_LOG_S = 10.0  # ingest skips are logged at most this often
+EDGE_WAIT_S = 0.01  # a read that waited this long found the socket empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,12 +600,16 @@ class SourceReader:
         progress = time.monotonic()
         no_frames_limit = max(2 * self.options.stall_timeout_s, self.options.read_timeout_s)
         first_time: float | None = None
-        for packet in container.demux(stream):  # the last, empty packet flushes
-            if self._stop.is_set():
+        packets = container.demux(stream)  # the last, empty packet flushes
+        while not self._stop.is_set():
+            before = time.monotonic()
+            packet = next(packets, None)
+            if packet is None:
                 break
+            at_edge = time.monotonic() - before >= EDGE_WAIT_S  # the socket was empty
             if packet.size:
                 stamp, lag = self._stamp(packet, arrivals, senders)
-                if live and self._skip(packet, lag, codec, stamps):
+                if live and self._skip(packet, lag, at_edge, codec, stamps):
                     progress = time.monotonic()  # skipping by choice, not a broken stream
                     continue
                 stamps[packet.pts] = stamp
@@ -662,16 +667,23 @@ class SourceReader:
         return _Stamp(arrival, stream_time), lag
 
     def _skip(
-        self, packet: Any, lag: float, codec: Any, stamps: OrderedDict[int | None, _Stamp]
+        self,
+        packet: Any,
+        lag: float,
+        at_edge: bool,
+        codec: Any,
+        stamps: OrderedDict[int | None, _Stamp],
     ) -> bool:
         """True when the packet is discarded undecoded: the decoder fell more than
         `max_lag_s` behind arrival, and this is not yet a keyframe within the bound.
         Demuxing alone is cheap, so the backlog drains at once and the next keyframe
-        is usually fresh; a backlog longer than a GOP skips to a later keyframe."""
+        is usually fresh; a backlog longer than a GOP skips to a later keyframe. A
+        keyframe read from an empty socket (`at_edge`) resumes even if it looks late:
+        the sender is late then, not us, and skipping more cannot help."""
         bound = self.options.max_lag_s
         if not self._skipping and lag <= bound:
             return False
-        if self._skipping and packet.is_keyframe and lag <= bound:
+        if self._skipping and packet.is_keyframe and (lag <= bound or at_edge):
             self._skipping = False
             codec.flush_buffers()  # frames held from before the gap are stale
             stamps.clear()
