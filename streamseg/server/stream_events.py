@@ -94,11 +94,11 @@ def state_reason(camera: CameraStream, state: SourceState) -> tuple[str, str]:
         return "no_frames", f"no frame for {reader.options.stall_timeout_s:g} s"
     if state is SourceState.CONNECTING:
         return "opening", "opening the source"
-    error = reader.error
-    if state is SourceState.STOPPED:
-        if error is not None and error.reason == "ended" and reader.kind == "file":
+    if state is SourceState.STOPPED:  # deletion and shutdown are told by the feed itself
+        if reader.kind == "file":
             return "ended", "the file ended"
         return "stopped", "the source was stopped"
+    error = reader.error
     if error is None:
         return "error", "the source failed"
     return error.reason, error.message
