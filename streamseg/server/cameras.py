@@ -151,7 +151,11 @@ class CameraStream:
             "height": r.height,
             "capture_clock": r.last_capture_source,
             "capture_lag_ms": None if lag is None else round(lag * 1000, 1),
+            "clock_switches": r.clock_switches,
+            "ingest_lag_ms": None if r.ingest_lag_s is None else round(r.ingest_lag_s * 1000, 1),
+            "ingest_drops": r.ingest_drops,
             "last_frame_ts": r.last_frame_ts,
+            "last_packet_ts": r.last_packet_ts,
             "last_error": self.current_error(),
             "errors": self.errors(),
             "created": self.created,
@@ -187,6 +191,16 @@ class _SourceCollector(Collector):
             "Receive minus capture time of a stream's newest frame (0 on the receive clock)",
             labels=["stream", "clock"],
         )
+        ingest = GaugeMetricFamily(
+            "streamseg_source_ingest_lag_seconds",
+            "How far behind packet arrival a stream's decoder read its newest packet",
+            labels=["stream"],
+        )
+        switches = CounterMetricFamily(
+            "streamseg_source_clock_switches",
+            "Times a stream's frames changed capture clock (stream <-> receive)",
+            labels=["stream"],
+        )
         for sid, camera in list(self._cameras.items()):
             r = camera.reader
             now = r.state
@@ -196,7 +210,10 @@ class _SourceCollector(Collector):
             clients.add_metric([sid], len(camera.feeds))
             if r.last_capture_lag_s is not None and r.last_capture_source is not None:
                 lag.add_metric([sid, r.last_capture_source], r.last_capture_lag_s)
-        yield from (state, reconnects, clients, lag)
+            if r.ingest_lag_s is not None:
+                ingest.add_metric([sid], r.ingest_lag_s)
+            switches.add_metric([sid], r.clock_switches)
+        yield from (state, reconnects, clients, lag, ingest, switches)
 
 
 @dataclass

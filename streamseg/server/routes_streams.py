@@ -51,11 +51,26 @@ class StreamOptions(BaseModel):
     loop: bool = Field(default=False, description="files: start again at the end")
     realtime: bool = Field(default=True, description="files: pace frames at their frame rate")
     stall_timeout_s: float = Field(
-        default=5.0, gt=0, le=300, description="no frame this long: stalled"
+        default=5.0, gt=0, le=300, description="no packet arrived (or no frame) this long: stalled"
     )
     open_timeout_s: float = Field(default=3.0, gt=0, le=60)
     read_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    backoff_initial_s: float = Field(
+        default=0.5, ge=0.05, le=60, description="first wait after a source answers but fails"
+    )
     backoff_max_s: float = Field(default=10.0, ge=0.5, le=300, description="longest reconnect wait")
+    probe_interval_s: float = Field(
+        default=0.25, ge=0.05, le=10, description="a lost camera is probed this often at most"
+    )
+    max_clock_skew_s: float = Field(
+        default=10.0, gt=0, le=3600, description="a stream clock further off is not trusted"
+    )
+    max_lag_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="live sources: decoding this far behind arrival skips to the next keyframe",
+    )
     tls_verify: bool = Field(
         default=True,
         description="https/rtsps: verify the certificate and host name; false accepts any "
@@ -138,7 +153,11 @@ async def start_camera(
         stall_timeout_s=o.stall_timeout_s,
         open_timeout_s=o.open_timeout_s,
         read_timeout_s=o.read_timeout_s,
+        backoff_initial_s=o.backoff_initial_s,
         backoff_max_s=o.backoff_max_s,
+        probe_interval_s=o.probe_interval_s,
+        max_clock_skew_s=o.max_clock_skew_s,
+        max_lag_s=o.max_lag_s,
         tls_verify=o.tls_verify,
     )
     camera: CameraStream
@@ -150,7 +169,12 @@ async def start_camera(
         camera.on_frame_in()
         session.submit_frame(frame)
 
-    reader = SourceReader(body.url, sink, options, on_decode=decoded, policy=policy)
+    def dropped(where: str) -> None:  # packets skipped undecoded to catch up
+        runtime.metrics.count_drop(session.id, where)
+
+    reader = SourceReader(
+        body.url, sink, options, on_decode=decoded, policy=policy, on_drop=dropped
+    )
     camera = CameraStream(session, reader, body.name, persisted=persisted)
     session.add_sink(camera.on_result)
     cameras_of(runtime)[session.id] = camera
