@@ -236,14 +236,14 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, tuple[str, ...]]] = {
     ("POST", "/v1/segment"): {
         413: ("too_large",),
         415: ("not_an_image",),
-        422: ("missing_image", "bad_base64", *IMAGE_PROMPT_CODES),
+        422: ("missing_image", "bad_base64", "bad_multipart", *IMAGE_PROMPT_CODES),
         429: REST_LIMITS,
         503: WORKER,
     },
     ("POST", "/v1/images"): {
         413: ("too_large",),
         415: ("not_an_image",),
-        422: ("missing_image", "bad_base64", "bad_field"),
+        422: ("missing_image", "bad_base64", "bad_multipart", "bad_field"),
         429: REST_LIMITS,
         503: WORKER,
     },

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import HTTPException
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamseg.model.errors import InvalidPromptError
 from streamseg.model.segmenter import ImageEmbedding, ImagePrompt, SegmentMask
@@ -113,7 +114,10 @@ async def _inputs(
     allowed = {"image", "prompts", "mask_format"} if need_prompts else {"image"}
     fields: dict[str, Any]
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except StarletteHTTPException as exc:  # its 400 "Invalid multipart data."
+            _refuse(runtime, 422, "bad_multipart", f"the multipart body is refused: {exc.detail}")
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             _refuse(runtime, 422, "missing_image", "multipart field 'image' (a file) is required")

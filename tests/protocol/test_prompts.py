@@ -206,7 +206,10 @@ def test_peek_request_id() -> None:
 def test_whole_numbers_are_integers_as_json_schema_says() -> None:
     """JSON Schema's `integer` (the OpenAPI contract) admits 3.0, and JavaScript cannot
     tell it from 3: both mean the same track and frame; 3.5 and true never do."""
-    body = '{"type": "prompt", "track_id": 3.0, "frame_seq": 12.0, "points": [[1, 1]], "labels": [1.0]}'
+    body = (
+        '{"type": "prompt", "track_id": 3.0, "frame_seq": 12.0, '
+        '"points": [[1, 1]], "labels": [1.0]}'
+    )
     msg = parse_client_message(body)
     assert isinstance(msg, AddPrompt)
     assert (msg.track_id, msg.frame_seq, msg.labels) == (3, 12, (1,))
