@@ -20,7 +20,14 @@ from streamseg.backends.export import decoder_name
 
 
 class ExportedGraphs:
-    """Subclasses supply `_run(graph_name, **inputs)`; everything else is shared."""
+    """Subclasses supply `_run(graph_name, **inputs)`; everything else is shared.
+
+    `max_objects` / `max_images`: the largest batch the graphs were built for (a
+    TensorRT plan's profile). A larger batch is run in chunks and joined, so callers
+    (tracker, segmenter) never need to know the limits. None: no limit."""
+
+    max_objects: int | None = None
+    max_images: int | None = None
 
     def __init__(self, folder: Path, device: torch.device) -> None:
         self.folder = folder
@@ -84,8 +91,26 @@ class ExportedGraphs:
     def _run(self, name: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def _run_batched(
+        self, name: str, limit: int | None, inputs: dict[str, torch.Tensor], axis: int = 0
+    ) -> list[torch.Tensor]:
+        """`_run`, in chunks of at most `limit` along the batch axis (the same axis in
+        every input and output of these graphs)."""
+        batch = next(iter(inputs.values())).shape[axis]
+        if limit is None or batch <= limit:
+            return self._run(name, **inputs)
+        parts = [
+            self._run(
+                name, **{k: v.narrow(axis, i, min(limit, batch - i)) for k, v in inputs.items()}
+            )
+            for i in range(0, batch, limit)
+        ]
+        return [torch.cat(outs, dim=axis) for outs in zip(*parts, strict=True)]
+
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        hr0, hr1, embed, pos = self._run("image_encoder", images=images)
+        hr0, hr1, embed, pos = self._run_batched(
+            "image_encoder", self.max_images, {"images": images}
+        )
         return ImageFeatures(hr0, hr1, embed, pos[:1])
 
     def decode(
@@ -98,7 +123,8 @@ class ExportedGraphs:
         multimask: bool,
     ) -> DecoderOutput:
         feeds = self.decoder_feeds(pix_feat, high_res, point_coords, point_labels, mask_logits)
-        low, iou, ptr, score = self._run(decoder_name(multimask, mask_logits is not None), **feeds)
+        name = decoder_name(multimask, mask_logits is not None)
+        low, iou, ptr, score = self._run_batched(name, self.max_objects, feeds)
         return DecoderOutput(low, iou, ptr, score)
 
     def attend_memory(
@@ -110,17 +136,20 @@ class ExportedGraphs:
         num_obj_ptr_tokens: int,
     ) -> torch.Tensor:
         feeds = self.attention_feeds(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens)
-        (out,) = self._run("memory_attention", **feeds)
+        (out,) = self._run_batched("memory_attention", self.max_objects, feeds, axis=1)
         return out
 
     def encode_memory(
         self, pix_feat: torch.Tensor, mask_for_mem: torch.Tensor, object_score_logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, pos = self._run(
+        feats, pos = self._run_batched(
             "memory_encoder",
-            pix_feat=pix_feat,
-            mask_for_mem=mask_for_mem,
-            score_logits=object_score_logits,
+            self.max_objects,
+            {
+                "pix_feat": pix_feat,
+                "mask_for_mem": mask_for_mem,
+                "score_logits": object_score_logits,
+            },
         )
         return feats, pos[:1]
 

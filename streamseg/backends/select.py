@@ -60,6 +60,9 @@ def tensorrt_usable(model: Any) -> bool:
 
 
 def _tensorrt(model: Any, model_name: str, root: Path | None, limits: BankLimits) -> SamGraphs:
+    """Plans whose profiles are exactly `limits` (the server's settings): an existing
+    manifest for other limits is rebuilt; plans already built for a profile are reused
+    by their cache key, so switching back costs nothing."""
     from streamseg.backends.tensorrt_graphs import TensorRTGraphs
     from streamseg.backends.trt_build import DeviceInfo, PlanManifest, build_plans, require_tensorrt
 
@@ -69,12 +72,19 @@ def _tensorrt(model: Any, model_name: str, root: Path | None, limits: BankLimits
         raise BackendUnavailableError("the tensorrt backend needs the model on a GPU (--device)")
     folder = ensure_export(model, model_name, "fp16", root)
     with torch.cuda.device(device):  # plans are built for, and keyed by, this GPU
+        plans: PlanManifest | None
         try:
-            PlanManifest.load(folder / "plans", DeviceInfo.current(trt))
+            plans = PlanManifest.load(folder / "plans", DeviceInfo.current(trt))
         except BackendUnavailableError:
-            log.warning("building TensorRT plans in %s (minutes, once per GPU)", folder / "plans")
-            build_plans(folder, limits)
-    return TensorRTGraphs(folder, device=device)
+            plans = None
+        if plans is None or plans.limits != limits:
+            log.warning(
+                "building TensorRT plans for %s in %s (minutes, once per GPU and limits)",
+                limits,
+                folder / "plans",
+            )
+            plans = build_plans(folder, limits)
+    return TensorRTGraphs(folder, device=device, plans=plans)
 
 
 def make_graphs(
@@ -89,8 +99,10 @@ def make_graphs(
     """The graphs for backend `kind` on a built sam2 model.
 
     `precision` applies to `onnx` (default fp32 on CPU, fp16 with CUDA); `tensorrt`
-    always runs the FP16 export. Raises BackendUnavailableError when an explicitly
-    asked-for backend cannot run here; `auto` falls back to torch instead.
+    always runs the FP16 export. `limits`: the largest batches the server sends (see
+    `BankLimits.for_server`); TensorRT profiles are built for them, and larger batches
+    are split. Raises BackendUnavailableError when an explicitly asked-for backend
+    cannot run here; `auto` falls back to torch instead.
     """
     if kind not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
@@ -127,4 +139,6 @@ def make_graphs(
 
     profiles = graph_profiles(OnnxGraphs.geometry_of(folder), limits)
     device_id = torch.device(model.device).index or 0
-    return OnnxGraphs(folder, gpu_providers(folder, profiles, device_id))
+    graphs = OnnxGraphs(folder, gpu_providers(folder, profiles, device_id))
+    graphs.max_objects, graphs.max_images = limits.max_objects, limits.max_images
+    return graphs

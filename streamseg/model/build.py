@@ -11,6 +11,7 @@ import torch
 
 from streamseg.backends.base import SamGraphs
 from streamseg.backends.select import make_graphs
+from streamseg.backends.trt_build import BankLimits
 
 # The settings Meta's `build_sam2_video_predictor` applies for inference.
 INFERENCE_OVERRIDES: dict[str, Any] = {
@@ -134,8 +135,10 @@ def load_model(
     seed: int = 0,
     progress: bool = True,
     backend: str = "torch",
+    limits: BankLimits | None = None,
 ) -> LoadedModel:
-    """Resolve a registry variant and a weights spec ("official", "random", a path)."""
+    """Resolve a registry variant and a weights spec ("official", "random", a path).
+    `limits`: the batches the caller will send (TensorRT profiles follow them)."""
     from streamseg.model.registry import get_variant
     from streamseg.model.weights import ensure_checkpoint, resolve_weights
 
@@ -154,6 +157,6 @@ def load_model(
         image_size=size,
         device=torch.device(device),
         module=module,
-        graphs=make_graphs(backend, module, variant.name),
+        graphs=make_graphs(backend, module, variant.name, limits=limits),
         backend=backend,
     )

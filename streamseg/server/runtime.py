@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from streamseg.backends.trt_build import BankLimits
 from streamseg.config import Settings
 from streamseg.model.build import LoadedModel, load_model
 from streamseg.model.segmenter import ImageSegmenter
@@ -86,6 +87,7 @@ class Runtime:
             device=device,
             seed=s.seed,
             backend=s.backend,
+            limits=plan_limits(s),
         )
         self.metrics.set_model_info(self.model.description, s.backend, str(self.model.device))
         log.info("model ready: %s", self.model.description)
@@ -188,6 +190,13 @@ class Runtime:
             await asyncio.to_thread(self.worker.stop)
         if self._media_executor is not None:
             self._media_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def plan_limits(settings: Settings) -> BankLimits:
+    """The largest batches this server sends the model (TensorRT plans' profiles)."""
+    return BankLimits.for_server(
+        settings.max_tracks, settings.max_prompts_per_request, settings.max_batch
+    )
 
 
 # Without a GPU, SAM 2.1 at 1024 px takes seconds per frame here (README, benchmarks);

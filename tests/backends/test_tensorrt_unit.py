@@ -5,6 +5,7 @@ policy against fakes. Real GPU tests are marked `gpu` and skip without CUDA."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib.util
 import inspect
@@ -604,3 +605,116 @@ def test_tensorrt_matches_torch_on_gpu(tmp_path: Path) -> None:  # pragma: no co
             a, b = ref.encode_image(images), trt_graphs.encode_image(images)
             scale = max(1.0, float(a.embed.abs().max()))
             assert float((a.embed - b.embed).abs().max()) < 2e-2 * scale
+
+
+# --- plan limits follow the server's settings; batches above them are split ---------------
+
+
+def test_plan_limits_follow_the_settings() -> None:
+    from streamseg.config import Settings
+    from streamseg.server.runtime import plan_limits
+
+    limits = plan_limits(Settings(max_tracks=16, max_prompts_per_request=32, max_batch=12))
+    assert (limits.max_objects, limits.max_images) == (
+        32,
+        12,
+    )  # a request's prompts decode as one batch
+    limits = plan_limits(Settings(max_tracks=40, max_prompts_per_request=8, max_batch=2))
+    assert (limits.max_objects, limits.max_images) == (40, 2)
+
+
+def test_settings_reach_the_plan_builder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings -> Runtime -> load_model -> make_graphs -> build_plans, each hop checked."""
+    import asyncio
+
+    from streamseg.backends import select, tensorrt_graphs, trt_build
+    from streamseg.config import Settings
+    from streamseg.model import build
+    from streamseg.server import runtime
+
+    settings = Settings(max_tracks=20, max_prompts_per_request=4, max_batch=3, backend="tensorrt")
+    expected = BankLimits(max_objects=20, max_images=3)
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_model(*args: Any, **kwargs: Any) -> Any:
+        seen["load_model"] = kwargs
+        raise Stop
+
+    monkeypatch.setattr(runtime, "load_model", fake_load_model)
+    with pytest.raises(Stop):
+        asyncio.run(runtime.Runtime(settings).start())
+    assert seen["load_model"]["limits"] == expected
+
+    monkeypatch.setattr(build, "build_sam2", lambda *a, **k: types.SimpleNamespace())
+    monkeypatch.setattr(build, "make_graphs", lambda *a, **k: seen.setdefault("make_graphs", k))
+    build.load_model("tiny", weights="random", backend="tensorrt", limits=expected)
+    assert seen["make_graphs"]["limits"] == expected
+
+    built: list[BankLimits] = []
+
+    def fake_build_plans(folder: Path, limits: BankLimits) -> PlanManifest:
+        built.append(limits)
+        manifest = PlanManifest(DEVICE, "fp16", limits)
+        manifest.save(folder / "plans")
+        return manifest
+
+    (tmp_path / "plans").mkdir()
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(trt_build, "build_plans", fake_build_plans)
+    monkeypatch.setattr(DeviceInfo, "current", classmethod(lambda cls, trt: DEVICE))
+    monkeypatch.setattr(select, "ensure_export", lambda *a: tmp_path)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(tensorrt_graphs, "TensorRTGraphs", lambda folder, **k: k["plans"])
+    model = types.SimpleNamespace(device="cuda:0")
+    plans = select.make_graphs("tensorrt", model, "tiny", limits=expected)
+    assert built == [expected] and plans.limits == expected  # type: ignore[attr-defined]
+    select.make_graphs("tensorrt", model, "tiny", limits=expected)
+    assert built == [expected]  # the manifest on disk has these limits: reused
+    select.make_graphs("tensorrt", model, "tiny", limits=BankLimits(max_objects=40))
+    assert built == [expected, BankLimits(max_objects=40)]  # other limits: rebuilt
+
+
+class _CountingGraphs:
+    """ExportedGraphs' batching over a `_run` that checks the plan's limit and counts."""
+
+    def __init__(self, max_objects: int) -> None:
+        from streamseg.backends.exported import ExportedGraphs
+
+        class Graphs(ExportedGraphs):
+            def __init__(self) -> None:  # no export folder needed for the batching
+                self.calls: list[tuple[str, int]] = []
+
+            def _run(self, name: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
+                axis = 1 if name == "memory_attention" else 0
+                batch = next(iter(inputs.values())).shape[axis]
+                assert batch <= max_objects, "outside the plan's profile"
+                self.calls.append((name, batch))
+                if name == "memory_attention":
+                    return [inputs["curr"] * 2]
+                x = inputs["pix_feat"]
+                return [x[:, :1] + 1, x[:, :3], x[:, :2], x[:, :1, 0, 0]]
+
+        self.graphs = Graphs()
+        self.graphs.max_objects = max_objects
+
+
+def test_decoder_batches_above_the_plan_maximum_are_split() -> None:
+    graphs = _CountingGraphs(max_objects=4).graphs
+    pix = torch.randn(10, 8, 2, 2)
+    high_res = (torch.randn(10, 1, 8, 8), torch.randn(10, 2, 4, 4))
+    coords, labels = torch.rand(10, 3, 2), torch.ones(10, 3, dtype=torch.int32)
+    out = graphs.decode(pix, high_res, coords, labels, None, multimask=True)
+    assert graphs.calls == [("decoder_multi_nomask", 4), ("decoder_multi_nomask", 4),
+                            ("decoder_multi_nomask", 2)]  # fmt: skip
+    assert torch.equal(out.low_res_logits, pix[:, :1] + 1)  # joined in order
+    assert out.object_score_logits.shape == (10, 1)
+    graphs.calls.clear()
+    graphs.decode(pix[:4], (high_res[0][:4], high_res[1][:4]), None, None, None, False)
+    assert graphs.calls == [("decoder_single_nomask", 4)]  # at the limit: one call
+    graphs.calls.clear()
+    curr = torch.randn(16, 6, 8)
+    out_att = graphs.attend_memory(curr, curr, torch.randn(32, 6, 4), torch.randn(32, 6, 4), 0)
+    assert [b for _, b in graphs.calls] == [4, 2] and torch.equal(out_att, curr * 2)
