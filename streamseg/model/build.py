@@ -148,6 +148,9 @@ def load_model(
     if choice.kind == "official":
         checkpoint = ensure_checkpoint(variant, progress=progress)
     size = image_size or variant.image_size
+    if torch.device(device).type == "cuda":
+        # TF32 tensor cores for the FP32 matmuls left outside autocast (Ampere and later).
+        torch.set_float32_matmul_precision("high")
     module = build_sam2(
         variant.config_path(), image_size=size, device=device, seed=seed, checkpoint=checkpoint
     )

@@ -26,12 +26,15 @@ class MemoryEntry:
     obj_ptr: torch.Tensor  # [C]
     maskmem: torch.Tensor | None  # [Cm, h, w] bfloat16 (as Meta stores it); None once aged out
     low_res_logits: torch.Tensor | None  # [1, 4h, 4w]; kept while a prompt may refine it
-    object_score_logit: float
-    iou: float  # the decoder's predicted IoU for this mask
+    scores: torch.Tensor  # [2] float32 on the model device: object score logit, predicted IoU
 
     @property
     def nbytes(self) -> int:
-        tensors = [t for t in (self.obj_ptr, self.maskmem, self.low_res_logits) if t is not None]
+        tensors = [
+            t
+            for t in (self.obj_ptr, self.maskmem, self.low_res_logits, self.scores)
+            if t is not None
+        ]
         return sum(t.element_size() * t.nelement() for t in tensors)
 
 

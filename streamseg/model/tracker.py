@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +30,10 @@ from streamseg.model.errors import (
 )
 from streamseg.model.memory import MemoryEntry, MemoryLayout, TrackMemory
 from streamseg.model.prompting import preprocess_image, prompt_tensors
+from streamseg.model.stages import StageClock, StageTimes
+from streamseg.model.transfer import to_device, to_host
+
+__all__ = ["FrameResult", "StageClock", "StageTimes", "StreamTracker", "TrackResult"]
 from streamseg.protocol.masks import mask_bbox
 
 PREV_LOGITS_CLAMP = 32.0
@@ -73,26 +75,6 @@ class TrackResult:
     present: bool
     bbox: tuple[int, int, int, int] | None  # x0, y0, x1, y1 (exclusive)
     area: int = 0
-
-
-@dataclass(slots=True)
-class StageTimes:
-    preprocess: float = 0.0
-    encoder: float = 0.0
-    memory_attention: float = 0.0
-    decoder: float = 0.0
-    memory_encoder: float = 0.0
-    postprocess: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "preprocess": self.preprocess,
-            "encoder": self.encoder,
-            "memory_attention": self.memory_attention,
-            "decoder": self.decoder,
-            "memory_encoder": self.memory_encoder,
-            "postprocess": self.postprocess,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,39 +132,6 @@ class _Track:
         return self.memory if self.committed is None else self.committed
 
 
-class StageClock:
-    """Per-stage times of one step. On CUDA each stage is bracketed by CUDA events and
-    read once the step's results are on the host (no synchronisation between stages,
-    so timing does not change what it measures); on CPU it is wall time."""
-
-    def __init__(self, times: StageTimes, device: torch.device) -> None:
-        self.times = times
-        self._events = device.type == "cuda"
-        self._pending: list[tuple[str, Any, Any]] = []
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self._events:
-            start_event = torch.cuda.Event(enable_timing=True)
-            end_event = torch.cuda.Event(enable_timing=True)
-            start_event.record()
-            yield
-            end_event.record()
-            self._pending.append((name, start_event, end_event))
-            return
-        start = time.perf_counter()
-        yield
-        setattr(self.times, name, getattr(self.times, name) + time.perf_counter() - start)
-
-    def resolve(self) -> StageTimes:
-        for name, start_event, end_event in self._pending:
-            end_event.synchronize()
-            seconds = start_event.elapsed_time(end_event) / 1000.0
-            setattr(self.times, name, getattr(self.times, name) + seconds)
-        self._pending.clear()
-        return self.times
-
-
 class StreamTracker:
     def __init__(self, graphs: SamGraphs, settings: TrackerSettings | None = None) -> None:
         self.graphs = graphs
@@ -238,15 +187,13 @@ class StreamTracker:
     def step(self, image: np.ndarray, seq: int) -> FrameResult:
         """Encode one frame and track every track on it."""
         self.validate_frame(image, seq)
-        times = StageTimes()
-        clock = StageClock(times, self._device)
-        with self._inference():
+        clock = StageClock(StageTimes(), self._device)
+        with self.inference():
             with clock.stage("preprocess"):
                 tensor = self.preprocess(image)
             with clock.stage("encoder"):
                 features = self.graphs.encode_image(tensor)
-            clock.resolve()
-            return self._step_features(features, seq, image.shape[1], image.shape[0], times)
+            return self._step_features(features, seq, image.shape[1], image.shape[0], clock)
 
     def step_encoded(
         self,
@@ -254,16 +201,22 @@ class StreamTracker:
         seq: int,
         width: int,
         height: int,
-        encoder_s: float = 0.0,
-        preprocess_s: float = 0.0,
+        batch_clock: StageClock | None = None,
+        batch_size: int = 1,
     ) -> FrameResult:
-        """Track on features encoded elsewhere (the worker batches encoders across streams)."""
+        """Track on features encoded elsewhere (the worker batches encoders across
+        streams). `batch_clock` timed that batch's preprocessing and encoder; it is read
+        once this step's results are on the host, and each frame is charged its share."""
         if self._last_seq is not None and seq <= self._last_seq:
             raise InvalidFrameError(f"seq must increase: got {seq} after {self._last_seq}")
-        with self._inference():
-            return self._step_features(
-                features, seq, width, height, StageTimes(preprocess_s, encoder_s)
-            )
+        clock = StageClock(StageTimes(), self._device)
+        with self.inference():
+            result = self._step_features(features, seq, width, height, clock)
+        if batch_clock is not None:
+            shared = batch_clock.resolve()
+            result.times.preprocess += shared.preprocess / batch_size
+            result.times.encoder += shared.encoder / batch_size
+        return result
 
     def add_prompt(
         self,
@@ -298,19 +251,21 @@ class StreamTracker:
         # The model sees every frame resized to S x S, so coordinates scaled from the named
         # frame's size land at the same relative place on the frame they are applied to.
         scale = torch.tensor([self._geo.image_size / named_w, self._geo.image_size / named_h])
-        model_coords = (coords * scale)[None].to(self._device)
-        model_labels = point_labels[None].to(self._device)
-        with self._inference():
+        model_coords = to_device((coords * scale)[None], self._device)
+        model_labels = to_device(point_labels[None], self._device)
+        clock = StageClock(StageTimes(), self._device)
+        with self.inference():
             new_track = self._apply_prompt(
                 track_id, track, record, model_coords, model_labels, clear_old_points
             )
             caught_up = 0
             for later in self._history:
                 if later.frame_idx > record.frame_idx:
-                    clock = StageClock(StageTimes(), self._device)
                     (entry,) = self._track_frame(later, [new_track], clock)
-                    new_track.last = self._results(later, [(track_id, entry)])[0]
                     caught_up += 1
+                    if later is self._history[-1]:
+                        new_track.last = self._results(later, [(track_id, entry)])[0]
+        clock.resolve()
         if caught_up:
             # Re-tracking up to the newest frame is Meta's propagation: every track's
             # pending prompt outputs are committed by it.
@@ -367,7 +322,9 @@ class StreamTracker:
 
     # ---- internals --------------------------------------------------------------------
 
-    def _inference(self) -> contextlib.ExitStack:
+    def inference(self) -> contextlib.ExitStack:
+        """No autograd, and the configured CUDA autocast (also for encoders run elsewhere
+        on this tracker's frames, so `--dtype` covers the largest graph too)."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         dtype = self.settings.autocast_dtype
@@ -396,7 +353,7 @@ class StreamTracker:
         return self._sizes[0][1], self._sizes[0][2]
 
     def _step_features(
-        self, features: ImageFeatures, seq: int, width: int, height: int, times: StageTimes
+        self, features: ImageFeatures, seq: int, width: int, height: int, clock: StageClock
     ) -> FrameResult:
         record = _FrameRecord(self._next_frame_idx, seq, width, height, features)
         self._history.append(record)
@@ -405,13 +362,12 @@ class StreamTracker:
         if not self._sizes or self._sizes[-1][1:] != (width, height):
             self._sizes.append((seq, width, height))
         tracks = [self._tracks[k] for k in sorted(self._tracks)]
-        clock = StageClock(times, self._device)
         outputs = self._track_frame(record, tracks, clock) if tracks else []
         with clock.stage("postprocess"):
             results = self._results(
                 record, [(t.track_id, e) for t, e in zip(tracks, outputs, strict=True)]
             )
-        clock.resolve()
+        times = clock.resolve()
         oldest = self._history[0].frame_idx
         for track, result in zip(tracks, results, strict=True):
             track.last = result
@@ -538,7 +494,8 @@ class StreamTracker:
                 tokens.append(entry.maskmem.to(self._device).float().flatten(1).t())
                 pos.append(self._maskmem_pos + tpos[geo.num_maskmem - t_pos - 1, 0])
             if layout.pointers:
-                rel = torch.tensor([d for d, _ in layout.pointers], device=self._device)
+                distances = torch.tensor([d for d, _ in layout.pointers], dtype=torch.float32)
+                rel = to_device(distances, self._device)
                 ptr_pos = self.graphs.pointer_time_embedding(rel / self._t_diff_max)
                 ptrs = torch.stack([e.obj_ptr for _, e in layout.pointers])
                 tokens.append(ptrs.reshape(-1, geo.mem_dim))
@@ -567,14 +524,17 @@ class StreamTracker:
         if self._maskmem_pos is None:
             self._maskmem_pos = maskmem_pos[0].flatten(1).t().float()
         maskmem = maskmem.to(torch.bfloat16)
+        # Kept on the device; read with the masks in one copy (`_results`).
+        scores = torch.stack(
+            [dec.object_score_logits[:, 0].float(), dec.iou.reshape(-1).float()], dim=1
+        )
         return [
             MemoryEntry(
                 frame_idx=frame_idx,
                 obj_ptr=dec.obj_ptr[k].float(),
                 maskmem=maskmem[k],
                 low_res_logits=dec.low_res_logits[k],
-                object_score_logit=float(dec.object_score_logits[k, 0]),
-                iou=float(dec.iou[k]),
+                scores=scores[k],
             )
             for k in range(dec.low_res_logits.shape[0])
         ]
@@ -582,7 +542,8 @@ class StreamTracker:
     def _results(
         self, record: _FrameRecord, outputs: list[tuple[int, MemoryEntry]]
     ) -> list[TrackResult]:
-        """Masks at the frame's own resolution, upsampled like Meta's predictor does."""
+        """Masks at the frame's own resolution, upsampled like Meta's predictor does;
+        masks, low-res logits and scores of every track reach the host in one copy."""
         if not outputs:
             return []
         fresh = [e.low_res_logits for _, e in outputs]
@@ -591,17 +552,17 @@ class StreamTracker:
         full = F.interpolate(
             logits, size=(record.height, record.width), mode="bilinear", align_corners=False
         )
-        masks = (full[:, 0] > 0).cpu().numpy()
-        low = logits[:, 0].float().cpu().numpy()
+        scores = torch.stack([e.scores for _, e in outputs])
+        masks, low, host_scores = to_host(full[:, 0] > 0, logits[:, 0].float(), scores)
         results = []
-        for k, (track_id, entry) in enumerate(outputs):
-            score_logit = entry.object_score_logit
+        for k, (track_id, _) in enumerate(outputs):
+            score_logit, iou = float(host_scores[k, 0]), float(host_scores[k, 1])
             results.append(
                 TrackResult(
                     track_id=track_id,
                     mask=masks[k],
                     low_res_logits=low[k],
-                    score=entry.iou,
+                    score=iou,
                     object_score=1.0 / (1.0 + math.exp(-max(min(score_logit, 60.0), -60.0))),
                     present=score_logit > 0,
                     bbox=mask_bbox(masks[k]),

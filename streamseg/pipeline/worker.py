@@ -1,7 +1,8 @@
 """The one inference thread: every model call in the server happens here.
 
 It wakes when a stream has a fresh frame or a job is queued, runs queued jobs
-(prompts, REST segmentations) first so a click lands before the next frame, then
+(prompts) first so a click lands before the next frame, and at most one REST
+segmentation (their own queue, so a REST flood cannot starve live streams), then
 takes the newest frame of each stream whose frame is due (its inference interval
 reached; longest-waiting first, up to `max_batch`), encodes those images in one
 batch and steps each stream's tracker. Results go back to the event loop with
@@ -32,6 +33,10 @@ T = TypeVar("T")
 
 class WorkerBusyError(RuntimeError):
     """The job queue is full (policy `reject`: new work is refused, never queued)."""
+
+
+class RestQueueFullError(WorkerBusyError):
+    """The REST inference queue is full (policy `reject`; the route answers 429)."""
 
 
 class WorkerStoppedError(RuntimeError):
@@ -66,6 +71,7 @@ class InferenceWorker:
         max_batch: int = 8,
         max_jobs: int = 64,
         on_step: Callable[[StreamResult], None] | None = None,
+        max_rest_jobs: int = 8,
     ) -> None:
         self.graphs = graphs
         self.max_batch = max_batch
@@ -75,6 +81,10 @@ class InferenceWorker:
         # Bound: max_jobs; policy `reject` (submit raises WorkerBusyError when full).
         self._jobs: deque[_Job] = deque()
         self._max_jobs = max_jobs
+        # REST segmentations, apart so they cannot starve live streams: at most one runs
+        # per round (between stream batches). Bound max_rest_jobs, policy `reject`.
+        self._rest_jobs: deque[_Job] = deque()
+        self._max_rest_jobs = max_rest_jobs
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -86,14 +96,17 @@ class InferenceWorker:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="streamseg-inference", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_on_device, name="streamseg-inference", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
-            jobs = list(self._jobs)
+            jobs = [*self._jobs, *self._rest_jobs]
             self._jobs.clear()
+            self._rest_jobs.clear()
             self._cond.notify_all()
         for job in jobs:
             _settle(job, error=WorkerStoppedError("server is shutting down"))
@@ -139,10 +152,36 @@ class InferenceWorker:
             self._cond.notify()
         return future
 
+    def submit_rest(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """`submit` for REST inference: its own bounded queue, served one job per round
+        so streams waiting for the model get a batch between any two REST jobs."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            if self._stopping:
+                raise WorkerStoppedError("server is shutting down")
+            if len(self._rest_jobs) >= self._max_rest_jobs:
+                raise RestQueueFullError(f"{self._max_rest_jobs} REST jobs already queued")
+            self._rest_jobs.append(_Job(fn, future, loop))
+            self._cond.notify()
+        return future
+
+    @property
+    def rest_queued(self) -> int:
+        return len(self._rest_jobs)
+
     # ---- the thread ----------------------------------------------------------------
 
     def _has_work(self) -> bool:
-        return bool(self._jobs) or any(s.has_frame for s in self._streams.values())
+        if self._jobs or self._rest_jobs:
+            return True
+        return any(s.has_frame for s in self._streams.values())
+
+    def _run_on_device(self) -> None:
+        """The thread's body: CUDA calls made here (kernels, TensorRT launches, timing
+        events) go to the model's device, not device 0."""
+        select_device(self.graphs.device)
+        self._run()
 
     def _run(self) -> None:
         while True:
@@ -153,6 +192,8 @@ class InferenceWorker:
                     return
                 jobs = list(self._jobs)
                 self._jobs.clear()
+                if self._rest_jobs:
+                    jobs.append(self._rest_jobs.popleft())
                 streams = list(self._streams.values())
             for job in jobs:
                 self._run_job(job)
@@ -181,6 +222,8 @@ class InferenceWorker:
         return True
 
     def _run_job(self, job: _Job) -> None:
+        if job.future.cancelled():  # its client is gone: skip the model work
+            return
         try:
             value = job.fn()
         except Exception as exc:  # the job's caller decides what an error means
@@ -190,16 +233,14 @@ class InferenceWorker:
 
     def _step_batch(self, taken: list[tuple[StreamSession, Any]]) -> None:
         infer_start = time.time()
+        clock = StageClock(StageTimes(), self.graphs.device)
         try:
-            with torch.inference_mode():
-                clock = StageClock(StageTimes(), self.graphs.device)
+            # The trackers' own context: no autograd, and the configured CUDA autocast.
+            with taken[0][0].tracker.inference():
                 with clock.stage("preprocess"):
                     images = torch.cat([s.tracker.preprocess(f.image) for s, f in taken])
                 with clock.stage("encoder"):
                     features = self.graphs.encode_image(images)
-                times = clock.resolve()  # waits for the encoder (CUDA errors surface here)
-            preprocess_s = times.preprocess / len(taken)
-            encoder_s = times.encoder / len(taken)
         except Exception:
             log.exception("image encoder failed for a batch of %d frames", len(taken))
             return
@@ -208,12 +249,7 @@ class InferenceWorker:
         for i, (stream, frame) in enumerate(taken):
             try:
                 result = stream.tracker.step_encoded(
-                    features.select(i),
-                    frame.seq,
-                    frame.width,
-                    frame.height,
-                    encoder_s,
-                    preprocess_s,
+                    features.select(i), frame.seq, frame.width, frame.height, clock, len(taken)
                 )
             except Exception as exc:
                 stream.record_error(exc)
@@ -224,3 +260,9 @@ class InferenceWorker:
             if self._on_step is not None:
                 self._on_step(out)
             stream.deliver(out)
+
+
+def select_device(device: torch.device) -> None:
+    """Make `device` the calling thread's current CUDA device (no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
