@@ -114,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 None if runtime.model_step_s is None else round(1000 * runtime.model_step_s, 1)
             ),
             "palette": PALETTE,
+            # TensorRT only: activation memory per plan and the buffer contexts share
+            "tensorrt_memory": _tensorrt_memory(model),
             "limits": {
                 "max_peers": settings.max_peers,
                 "max_streams": settings.max_streams,
@@ -138,6 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if web_dir.is_dir():
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
     return app
+
+
+def _tensorrt_memory(model: object) -> object:
+    report = getattr(getattr(model, "graphs", None), "memory_report", None)
+    return report() if callable(report) else None
 
 
 def _stream_limits(runtime: Runtime) -> PromptLimits:

@@ -718,3 +718,63 @@ def test_decoder_batches_above_the_plan_maximum_are_split() -> None:
     curr = torch.randn(16, 6, 8)
     out_att = graphs.attend_memory(curr, curr, torch.randn(32, 6, 4), torch.randn(32, 6, 4), 0)
     assert [b for _, b in graphs.calls] == [4, 2] and torch.equal(out_att, curr * 2)
+
+
+def test_info_reports_tensorrt_memory_only_for_tensorrt() -> None:
+    from streamseg.server.app import _tensorrt_memory
+
+    report = {"activation_bytes_shared": 5, "plans": {"image_encoder": 5}}
+    trt_model = types.SimpleNamespace(graphs=types.SimpleNamespace(memory_report=lambda: report))
+    assert _tensorrt_memory(trt_model) == report
+    assert _tensorrt_memory(types.SimpleNamespace(graphs=object())) is None  # torch, onnx
+    assert _tensorrt_memory(None) is None  # still loading
+
+
+@pytest.mark.parametrize(
+    ("cuda", "package"),
+    [("13.0", "tensorrt-cu13"), ("12.8", "tensorrt-cu12"), (None, "tensorrt-cu<CUDA major>")],
+)
+def test_missing_tensorrt_names_the_package_for_the_cuda_major(
+    monkeypatch: pytest.MonkeyPatch, cuda: str | None, package: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails, as on a bare host
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    with pytest.raises(BackendUnavailableError, match="not installed") as err:
+        require_tensorrt()
+    assert f"pip install {package}`" in str(err.value)
+    other = "tensorrt-cu12" if package == "tensorrt-cu13" else "tensorrt-cu13"
+    assert other not in str(err.value)
+
+
+def test_cuda_capture_is_thread_local_and_clears_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamseg.backends import tensorrt_graphs
+    from streamseg.backends.tensorrt_graphs import CudaStream
+
+    seen: dict[str, Any] = {"cleared": 0}
+
+    class Graph:
+        def replay(self) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def graph(g: Any, stream: Any = None, capture_error_mode: str = "global") -> Any:
+        seen["mode"] = capture_error_mode
+        yield
+
+    def clear() -> int:
+        seen["cleared"] += 1
+        return 900  # cudaErrorStreamCaptureUnsupported
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(tensorrt_graphs, "clear_cuda_error", clear)
+    stream = CudaStream.__new__(CudaStream)
+    stream.stream = None  # type: ignore[assignment]
+    assert callable(stream.capture(lambda: None)) and seen == {"cleared": 0, "mode": "thread_local"}
+
+    def failing() -> None:
+        raise RuntimeError("execute_async_v3 failed")
+
+    with pytest.raises(RuntimeError):
+        stream.capture(failing)
+    assert seen["cleared"] == 1
