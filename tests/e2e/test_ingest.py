@@ -194,8 +194,13 @@ def test_lag_stays_bounded_on_a_saturated_cpu_and_a_freeze_is_seen(
         assert max(late) < bound + 1.5  # the bound, plus one frame's work when starved
         assert readers[0].ingest_drops == 0
 
-        # The camera freezes: the newest packet the bounded reader has read arrived at
+        # The load ends (so frames flow often enough not to look stalled already) and
+        # the camera freezes: the newest packet the bounded reader has read arrived at
         # most `max_lag_s` ago, and it reads what is left at once.
+        for proc in busy:
+            proc.kill()
+        _wait(lambda: readers[1].state is SourceState.STREAMING, 10, "streaming")
+        time.sleep(1.0)
         assert readers[1].state is SourceState.STREAMING
         camera.signal(signal.SIGSTOP)
         stalled = _until_stalled(readers[1:])[0]
