@@ -10,6 +10,7 @@ source frame each displayed pixel came from.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,11 +256,12 @@ async def test_video_at_camera_rate_with_a_slow_model(
         await asyncio.sleep(4)
         shown_after, steps_after = await page.evaluate(counters)
         fps, model_fps = (shown_after - shown) / 4, (steps_after - steps) / 4
-        times = (await page.evaluate("window.streamseg.lastMeta"))["times"]
-        step_s = times["infer_end"] - times["infer_start"]
+        last = await page.evaluate("window.streamseg.lastMeta")
+        step_s = last["times"]["infer_end"] - last["times"]["infer_start"]
         print(
             f"\nbrowser, slow model: {fps:.1f} fps shown, model {model_fps:.2f} steps/s "
-            f"(last step {step_s:.2f} s)"
+            f"(last step {step_s:.2f} s), {len(json.dumps(last)) / 1000:.0f} kB of metadata "
+            f"a frame (masks as RLE)"
         )
         assert model_fps <= 2 and step_s >= 0.5, (model_fps, step_s)
         hud_model_fps = float(await page.text_content("#hud-model-fps") or "nan")
