@@ -17,6 +17,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     drain_s: float = 0.0  # after a stop signal: /readyz 503, keep serving this long
+    # CPU only: the inference thread's nice value, so decoding and the live video keep
+    # their pace while the model uses every core (0: same priority as the rest).
+    inference_nice: int = 10
     model: str = "tiny"
     weights: str = "official"  # "official" (download), "random", or a checkpoint path
     image_size: int | None = None  # default: the variant's own

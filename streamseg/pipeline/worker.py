@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -72,8 +73,10 @@ class InferenceWorker:
         max_jobs: int = 64,
         on_step: Callable[[StreamResult], None] | None = None,
         max_rest_jobs: int = 8,
+        nice: int = 0,
     ) -> None:
         self.graphs = graphs
+        self.nice = nice
         self.max_batch = max_batch
         self._on_step = on_step
         self._cond = threading.Condition()
@@ -181,6 +184,7 @@ class InferenceWorker:
         """The thread's body: CUDA calls made here (kernels, TensorRT launches, timing
         events) go to the model's device, not device 0."""
         select_device(self.graphs.device)
+        lower_priority(self.nice)
         self._run()
 
     def _run(self) -> None:
@@ -266,3 +270,15 @@ def select_device(device: torch.device) -> None:
     """Make `device` the calling thread's current CUDA device (no-op off CUDA)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+
+
+def lower_priority(nice: int) -> None:
+    """Give the calling thread, and the OpenMP threads it starts for torch, a lower CPU
+    priority, so decoding and the video going back out are not starved by the model
+    on a busy CPU (the model only gets slower, the video stays live). Linux only."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.warning("could not lower the inference thread's priority: %s", exc)

@@ -98,7 +98,10 @@ class Runtime:
             s.image_cache_size, s.image_cache_bytes, s.image_cache_ttl_s
         )
         self.worker = InferenceWorker(
-            self.model.graphs, max_batch=s.max_batch, on_step=self.metrics.observe_step
+            self.model.graphs,
+            max_batch=s.max_batch,
+            on_step=self.metrics.observe_step,
+            nice=s.inference_nice if self.model.device.type == "cpu" else 0,
         )
         self.worker.start()
         self.ready = True

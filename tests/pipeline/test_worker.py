@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from streamseg.backends.torch_graphs import TorchGraphs
 from streamseg.media.frame import Frame
@@ -116,3 +118,26 @@ async def test_a_rejected_frame_is_not_encoded_and_does_not_stop_others(
     assert [r.frame.seq for r in results] == [0]
     assert worker.frames_encoded == 1  # the rejected frame never reached the encoder
     assert bad.counters.errors == 1 and "seq must increase" in (bad.counters.last_error or "")
+
+
+def _nice_of(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+
+async def test_the_inference_thread_runs_at_lower_priority(graphs: TorchGraphs) -> None:
+    """Its OpenMP helpers, started by it for torch, inherit the lower priority too."""
+    before = set(os.listdir("/proc/self/task"))
+    worker = InferenceWorker(graphs, nice=7)
+    worker.start()
+    try:
+        tracker = StreamTracker(graphs)
+        await worker.submit(lambda: tracker.step(moving_scene(1)[0], 0))
+        assert worker._thread is not None and worker._thread.native_id is not None
+        assert _nice_of(worker._thread.native_id) == 7
+        helpers = {int(t) for t in set(os.listdir("/proc/self/task")) - before}
+        helpers.discard(worker._thread.native_id)
+        if torch.get_num_threads() > 1:
+            assert any(_nice_of(t) == 7 for t in helpers)
+    finally:
+        worker.stop()
