@@ -140,5 +140,12 @@ def make_graphs(
     profiles = graph_profiles(OnnxGraphs.geometry_of(folder), limits)
     device_id = torch.device(model.device).index or 0
     graphs = OnnxGraphs(folder, gpu_providers(folder, profiles, device_id))
+    active = graphs.providers("image_encoder")
+    if not set(GPU_PROVIDERS) & set(active):  # ORT falls back to the CPU with one log line
+        raise BackendUnavailableError(
+            f"onnxruntime {ort.__version__} ran the graphs on {active}: its GPU providers did "
+            "not load (a build for another CUDA major?); see `python -m "
+            "streamseg.backends.ort_check`"
+        )
     graphs.max_objects, graphs.max_images = limits.max_objects, limits.max_images
     return graphs

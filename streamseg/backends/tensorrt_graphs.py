@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -60,12 +61,12 @@ def clear_cuda_error() -> int | None:
     unrelated CUDA call does not report it. torch exposes no `cudaGetLastError`; this
     calls the libcudart the process already loaded. Returns the cleared code, or None
     when no runtime library could be found."""
-    try:
-        from cuda.bindings import runtime
-
-        return int(runtime.cudaGetLastError()[0])
-    except Exception:  # cuda-python is optional; fall back to the loaded library
-        pass
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python, new and old
+        try:
+            runtime = importlib.import_module(module)
+            return int(runtime.cudaGetLastError()[0])
+        except Exception:  # optional; fall back to the loaded library
+            continue
     for path in _loaded_cudart():
         with contextlib.suppress(OSError, AttributeError):
             return int(ctypes.CDLL(path).cudaGetLastError())
