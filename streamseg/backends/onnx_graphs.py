@@ -6,6 +6,15 @@ memory bank grows) and persistent engine and timing caches, then the CUDA provid
 Inputs and outputs are bound to torch tensors with IO binding, so on a GPU nothing
 round-trips through host memory; output shapes are learned on the first run of each
 input signature and preallocated afterwards.
+
+Synchronisation (what ONNX Runtime documents, as of 1.2x): the CUDA provider accepts a
+`user_compute_stream` from Python (a stream handle as a string), and the run option
+`disable_synchronize_execution_providers=1` makes `Run` return without waiting for the
+GPU. A session served by the CUDA provider alone therefore runs on a stream of ours,
+ordered against torch's with stream waits and no host wait. The TensorRT provider's
+docs say its `user_compute_stream` cannot be set from Python, so a session that has it
+keeps ORT's own stream: the host waits for torch's queued work before each run, and
+ORT waits for its stream after it (unverified on a GPU: measure in the GPU check).
 """
 
 from __future__ import annotations
@@ -31,9 +40,17 @@ CPU_FP16_CRASHERS = ["FuseFp16InitializerToFp32NodeTransformer"]
 
 
 class _Session:
-    """One graph: an InferenceSession plus the output shapes seen per input signature."""
+    """One graph: an InferenceSession plus the output shapes seen per input signature.
+    `stream` (a CudaStream whose handle the CUDA provider was given): used when that
+    provider alone runs the session, so runs are ordered on the GPU, not by the host."""
 
-    def __init__(self, session: Any, device: torch.device, max_signatures: int = 64) -> None:
+    def __init__(
+        self,
+        session: Any,
+        device: torch.device,
+        max_signatures: int = 64,
+        stream: Any = None,
+    ) -> None:
         self.session = session
         self.device = device
         self.inputs = [(i.name, _TORCH_TYPES[i.type]) for i in session.get_inputs()]
@@ -42,6 +59,15 @@ class _Session:
         self.max_signatures = max_signatures
         kind = "cuda" if device.type == "cuda" else "cpu"
         self._where = (kind, device.index or 0)
+        active = set(session.get_providers())
+        on_stream = "CUDAExecutionProvider" in active and "TensorrtExecutionProvider" not in active
+        self.stream = stream if on_stream else None
+        self.run_options: Any = None
+        if self.stream is not None:
+            import onnxruntime as ort
+
+            self.run_options = ort.RunOptions()
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def run(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         binding = self.session.io_binding()
@@ -50,11 +76,13 @@ class _Session:
             t = feeds[name].to(self.device, dtype).contiguous()
             held.append(t)
             binding.bind_input(name, *self._where, _NP_TYPES[dtype], tuple(t.shape), t.data_ptr())
-        if self.device.type == "cuda":  # ORT runs on its own stream: inputs must be ready
+        if self.stream is not None:  # our stream waits for torch's; the host does not
+            self.stream.begin(held)
+        elif self.device.type == "cuda":  # ORT runs on its own stream: inputs must be ready
             torch.cuda.current_stream(self.device).synchronize()
         signature = tuple(tuple(t.shape) for t in held)
         known = self.shapes.get(signature)
-        if known is None:  # first time: ORT allocates, we learn the shapes
+        if known is None:  # first time: ORT allocates, we learn the shapes (host copy)
             for name, _ in self.outputs:
                 binding.bind_output(name, self._where[0], self._where[1])
             self.session.run_with_iobinding(binding)
@@ -69,7 +97,9 @@ class _Session:
             out = torch.empty(shape, dtype=dtype, device=self.device)
             binding.bind_output(name, *self._where, _NP_TYPES[dtype], shape, out.data_ptr())
             outs.append(out)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self.run_options)
+        if self.stream is not None:  # torch's stream waits for ours before reading outs
+            self.stream.end(outs)
         return outs
 
 
@@ -84,7 +114,9 @@ class OnnxGraphs(ExportedGraphs):
         providers: Providers | Callable[[str], Providers] = ("CPUExecutionProvider",),
         device: torch.device | None = None,
         threads: int | None = None,
+        stream: Any = None,
     ) -> None:
+        """`stream`: the CudaStream whose handle `providers` gave the CUDA provider."""
         import onnxruntime as ort
 
         choose = providers if callable(providers) else (lambda _name: providers)
@@ -110,6 +142,7 @@ class OnnxGraphs(ExportedGraphs):
                     disabled_optimizers=skip,
                 ),
                 device,
+                stream=stream,
             )
             for name, entry in self.manifest["graphs"].items()
         }
@@ -127,8 +160,16 @@ def tensorrt_provider_options(
 ) -> dict[str, Any]:
     """TensorRT EP options for one graph: explicit min/opt/max shapes (else the EP
     rebuilds its engine whenever the memory bank grows), engine and timing caches on
-    disk. `fp16_weak` asks for TensorRT's weakly typed FP16 on an FP32 graph (TensorRT
-    10 only); with it off the EP builds strongly typed, honouring an FP16 export."""
+    disk.
+
+    Precision: ORT documents `trt_fp16_enable` (let TensorRT run FP32 layers in FP16,
+    i.e. weak typing) and no option for strongly typed networks, nor whether the EP
+    builds one. With TensorRT 10 (what ORT's GPU wheels link) a weakly typed build
+    without FP16 enabled may run our FP16 export's layers in FP32, and with it enabled
+    may move the export's FP32 islands (softmax, norms) to FP16: either way the
+    precision written into the graph is not guaranteed. `fp16_weak` stays off so the
+    islands are never overridden; what precision the EP really runs is unverified here
+    and belongs to the GPU check (the native TensorRT backend builds strongly typed)."""
     return {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache_dir),
@@ -143,18 +184,26 @@ def tensorrt_provider_options(
 
 
 def gpu_providers(
-    folder: Path, profiles: dict[str, Any], device_id: int = 0
+    folder: Path,
+    profiles: dict[str, Any],
+    device_id: int = 0,
+    compute_stream: int | None = None,
 ) -> Callable[[str], list[Any]]:
     """Per-graph provider lists for a GPU host: TensorRT (with that graph's profile),
-    then CUDA, then CPU for anything neither takes."""
+    then CUDA, then CPU for anything neither takes. `compute_stream`: a CUDA stream
+    handle for the CUDA provider (`user_compute_stream`, documented for Python); never
+    0, which ORT reads as "none"."""
     cache = folder / "ort-trt-cache"
+    cuda: dict[str, Any] = {"device_id": device_id}
+    if compute_stream:
+        cuda["user_compute_stream"] = str(compute_stream)
 
     def providers(name: str) -> list[Any]:
         chain: list[Any] = []
         if name in profiles:
             options = tensorrt_provider_options(profiles[name], cache, name)
             chain.append(("TensorrtExecutionProvider", {"device_id": device_id, **options}))
-        chain.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        chain.append(("CUDAExecutionProvider", dict(cuda)))
         chain.append("CPUExecutionProvider")
         return chain
 

@@ -138,8 +138,13 @@ def make_graphs(
     from streamseg.backends.trt_build import graph_profiles
 
     profiles = graph_profiles(OnnxGraphs.geometry_of(folder), limits)
-    device_id = torch.device(model.device).index or 0
-    graphs = OnnxGraphs(folder, gpu_providers(folder, profiles, device_id))
+    device = torch.device(model.device)
+    device_id = device.index or 0
+    from streamseg.backends.tensorrt_graphs import CudaStream
+
+    stream = CudaStream(torch.device("cuda", device_id))  # graphs served by CUDA EP alone
+    providers = gpu_providers(folder, profiles, device_id, stream.handle)
+    graphs = OnnxGraphs(folder, providers, device=device, stream=stream)
     active = graphs.providers("image_encoder")
     if not set(GPU_PROVIDERS) & set(active):  # ORT falls back to the CPU with one log line
         raise BackendUnavailableError(

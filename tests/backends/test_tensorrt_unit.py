@@ -778,3 +778,81 @@ def test_cuda_capture_is_thread_local_and_clears_the_error(monkeypatch: pytest.M
     with pytest.raises(RuntimeError):
         stream.capture(failing)
     assert seen["cleared"] == 1
+
+
+# --- ONNX Runtime on a GPU: who waits for what ------------------------------------------
+
+
+class _FakeOrtSession:
+    def __init__(self, providers: list[str]) -> None:
+        self.providers = providers
+        self.runs: list[Any] = []
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+    def get_inputs(self) -> list[Any]:
+        return [types.SimpleNamespace(name="x", type="tensor(float)")]
+
+    def get_outputs(self) -> list[Any]:
+        return [types.SimpleNamespace(name="y", type="tensor(float)")]
+
+    def io_binding(self) -> Any:
+        import numpy as np
+
+        session = self
+
+        class Binding:
+            def bind_input(self, *args: Any) -> None:
+                pass
+
+            def bind_output(self, *args: Any) -> None:
+                pass
+
+            def copy_outputs_to_cpu(self) -> list[Any]:
+                return [np.zeros((2, 4), np.float32)]
+
+        session.binding = Binding()
+        return session.binding
+
+    def run_with_iobinding(self, binding: Any, run_options: Any = None) -> None:
+        self.runs.append(run_options)
+
+
+class _CountingStream:
+    def __init__(self) -> None:
+        self.begun = self.ended = 0
+
+    def begin(self, inputs: list[torch.Tensor]) -> None:
+        self.begun += 1
+
+    def end(self, outputs: list[torch.Tensor]) -> None:
+        self.ended += 1
+
+
+def test_cuda_provider_sessions_run_stream_ordered_without_host_waits() -> None:
+    from streamseg.backends.onnx_graphs import _Session
+
+    stream = _CountingStream()
+    ort_session = _FakeOrtSession(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    session = _Session(ort_session, torch.device("cpu"), stream=stream)
+    for _ in range(3):
+        session.run({"x": torch.ones(2, 4)})
+    assert stream.begun == 3 and stream.ended == 2  # the first run learns shapes on the host
+    options = ort_session.runs[-1]
+    assert options.get_run_config_entry("disable_synchronize_execution_providers") == "1"
+    trt_session = _FakeOrtSession(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert _Session(trt_session, torch.device("cpu"), stream=stream).stream is None
+
+
+def test_cuda_provider_gets_our_stream_and_tensorrt_does_not(tmp_path: Path) -> None:
+    from streamseg.backends.onnx_graphs import gpu_providers
+
+    p = Profile({"a": ((1,), (2,), (3,))})
+    chain = gpu_providers(tmp_path, {"memory_attention": p}, 0, compute_stream=1234)(
+        "memory_attention"
+    )
+    assert chain[1] == ("CUDAExecutionProvider", {"device_id": 0, "user_compute_stream": "1234"})
+    assert "user_compute_stream" not in chain[0][1]  # undocumented from Python for the TRT EP
+    plain = gpu_providers(tmp_path, {}, 0)("pointer_pos")
+    assert plain[0] == ("CUDAExecutionProvider", {"device_id": 0})
