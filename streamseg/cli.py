@@ -57,6 +57,11 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         overrides["allowed_origins"] = tuple(args.allowed_origin)
     if getattr(args, "insecure_no_auth_on_network", False):
         overrides["insecure_no_auth_on_network"] = True
+    for name in ("foxglove_port", "foxglove_host"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    if getattr(args, "insecure_foxglove_on_network", False):
+        overrides["insecure_foxglove_on_network"] = True
     return Settings.from_env(**overrides)
 
 
@@ -94,13 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from streamseg.server.app import InsecureBindError, create_app
     from streamseg.server.auth import AuthConfigError
+    from streamseg.server.foxglove_bridge import FoxgloveConfigError
     from streamseg.server.serving import DrainingServer
     from streamseg.server.streams_file import StreamsFileError
 
     settings = _settings_from(args)
     try:
         app = create_app(settings)
-    except (InsecureBindError, AuthConfigError, StreamsFileError) as exc:
+    except (InsecureBindError, AuthConfigError, StreamsFileError, FoxgloveConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(startup_banner(settings, app.state.auth), flush=True)
@@ -181,6 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-no-auth-on-network",
         action="store_true",
         help="turn authentication OFF, even when listening beyond loopback",
+    )
+    serve.add_argument(
+        "--foxglove-port",
+        type=int,
+        default=None,
+        help="also serve every camera stream to Foxglove on this port (off by default; "
+        "needs streamseg[foxglove]; no authentication: docs/ROBOTS.md, docs/SECURITY.md)",
+    )
+    serve.add_argument(
+        "--foxglove-host",
+        default=None,
+        help="address of the Foxglove server (default 127.0.0.1; beyond loopback only "
+        "with --insecure-foxglove-on-network)",
+    )
+    serve.add_argument(
+        "--insecure-foxglove-on-network",
+        action="store_true",
+        help="let the Foxglove server listen beyond loopback: anyone who reaches it sees "
+        "every camera, with no token",
     )
     serve.set_defaults(func=_serve)
 

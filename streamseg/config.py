@@ -58,6 +58,13 @@ class Settings:
     source_formats: tuple[str, ...] = ()  # FFmpeg demuxers; empty: the video defaults
     source_allow_images: bool = False  # image demuxers (png_pipe, image2, mjpeg, ...)
     source_ca_file: str | None = None  # CA bundle for https/rtsps; default: the system's
+    # Foxglove bridge (server/foxglove_bridge.py): off unless a port is given (0: any
+    # free port). No authentication in that protocol, hence loopback unless the flag.
+    foxglove_port: int | None = None
+    foxglove_host: str = "127.0.0.1"
+    insecure_foxglove_on_network: bool = False
+    foxglove_backlog: int = 64  # the SDK's per-client queue, messages (drops oldest)
+    foxglove_jpeg_quality: int = 80
     # YAML file of camera streams created at start-up (server/streams_file.py); REST
     # changes are written back to it with `?persist=true`.
     streams_file: str | None = None
@@ -96,6 +103,6 @@ def _coerce(name: str, raw: str, default: Any) -> Any:
         return float(raw)
     if isinstance(default, tuple):
         return _split(raw)
-    if name == "image_size" or name == "threads":
+    if name in ("image_size", "threads", "foxglove_port"):
         return int(raw)
     return raw

@@ -22,6 +22,7 @@ from streamseg.protocol.prompts import PromptLimits
 from streamseg.server import api_errors, security
 from streamseg.server.auth import HostPolicy, TokenStore, bind_problem
 from streamseg.server.errors import InternalErrorMiddleware
+from streamseg.server.foxglove_bridge import check_foxglove, start_bridge
 from streamseg.server.metrics import CONTENT_TYPE
 from streamseg.server.runtime import Runtime
 from streamseg.server.stream_store import StreamStore
@@ -36,9 +37,9 @@ class InsecureBindError(RuntimeError):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; raises AuthConfigError (bad token setup), InsecureBindError or
-    StreamsFileError (the streams file, with its line and reason) before anything
-    starts."""
+    """The app; raises AuthConfigError (bad token setup), InsecureBindError,
+    FoxgloveConfigError or StreamsFileError (the streams file, with its line and
+    reason) before anything starts."""
     settings = settings or Settings.from_env()
     tokens = TokenStore(
         settings.token, settings.token_file, disabled=settings.insecure_no_auth_on_network
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problem = bind_problem(settings.host, tokens)
     if problem is not None:
         raise InsecureBindError(problem)
+    check_foxglove(settings)  # FoxgloveConfigError: its address refused, or no SDK
     runtime = Runtime(settings)
     # Read and checked now, so a bad streams file refuses start-up before the model loads.
     streams = StreamStore(settings)
@@ -58,11 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         remove_sighup = security.on_sighup(tokens)
         try:
             await runtime.start()
+            foxglove = None
             try:
+                foxglove = start_bridge(runtime, settings, streams.frame_id_for)
                 await streams.start_streams(runtime)
                 yield
             finally:
                 streams.stop()
+                if foxglove is not None:
+                    await foxglove.stop()
                 await runtime.stop()
         finally:
             watcher.cancel()

@@ -205,6 +205,13 @@ class StreamStore:
         for task in list(self._prompting):
             task.cancel()
 
+    def frame_id_for(self, stream_id: str) -> str | None:
+        """The `frame_id` the file gives a stream (for the Foxglove bridge), if any."""
+        for definition in self.definitions:
+            if definition.id == stream_id:
+                return definition.frame_id
+        return None
+
     # ---- persistence ------------------------------------------------------------------
 
     def definition_for(

@@ -14,6 +14,7 @@ reason), and definitions back to text. Reading, writing and creating streams liv
         prompts:                       # optional initial boxes, applied on the first frame
           - {box: [300, 160, 390, 240]}
           - {box: [10, 10, 90, 120], track_id: 7}
+        frame_id: dock_camera          # optional: Foxglove frame id (default: the id)
 
 `${NAME}` in a URL is replaced by the environment variable NAME when the file is read
 (`$$` is a literal `$`), so passwords stay out of the file; the file keeps the
@@ -48,9 +49,10 @@ STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SERVER_ID = re.compile(r"s[0-9]+")
 PLACEHOLDER = re.compile(r"\$(?:\{([^}]*)\}|(\$))")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-ENTRY_KEYS = ("id", "url", "name", "options", "prompts")
+ENTRY_KEYS = ("id", "url", "name", "options", "prompts", "frame_id")
 PROMPT_KEYS = ("box", "track_id")
 MAX_NAME_CHARS = 200
+MAX_FRAME_ID_CHARS = 200
 MAX_URL_CHARS = 2048
 HEADER = (
     "# streamseg streams file (docs/ROBOTS.md). Written by `POST /v1/streams?persist=true`:\n"
@@ -96,6 +98,7 @@ class StreamDefinition:
     options: Mapping[str, Any] = field(default_factory=dict)
     prompts: tuple[InitialPrompt, ...] = ()
     line: int | None = None
+    frame_id: str | None = None  # the Foxglove bridge's frame id (default: the stream id)
 
     @property
     def public_url(self) -> str:
@@ -314,7 +317,10 @@ def _definition(
     prompts: tuple[InitialPrompt, ...] = ()
     if "prompts" in items and items["prompts"][1].value is not None:
         prompts = _prompts(items["prompts"][1], limits)
-    return StreamDefinition(stream_id, template, url, name, options, prompts, entry.line)
+    frame_id = None
+    if "frame_id" in items and items["frame_id"][1].value is not None:
+        frame_id = _string(items["frame_id"][1], "frame_id", MAX_FRAME_ID_CHARS)
+    return StreamDefinition(stream_id, template, url, name, options, prompts, entry.line, frame_id)
 
 
 def _is_address(host: str) -> bool:
@@ -380,6 +386,8 @@ def _entry(definition: StreamDefinition) -> dict[str, Any]:
             {"box": list(p.box), **({"track_id": p.track_id} if p.track_id is not None else {})}
             for p in definition.prompts
         ]
+    if definition.frame_id is not None:
+        entry["frame_id"] = definition.frame_id
     return entry
 
 
