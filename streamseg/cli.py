@@ -94,6 +94,7 @@ def startup_banner(settings: Settings, tokens: TokenStore) -> str:
     )
 
 
+    from streamseg.server.client_limits import uvicorn_options
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -118,6 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=10,
         ws_per_message_deflate=False,  # masks are already compact; deflate costs 5x throughput
+        **uvicorn_options(settings, app.state.runtime.metrics),  # per-client limits, timeouts
     )
     DrainingServer(config, app.state.runtime, settings.drain_s).run()
     return 0

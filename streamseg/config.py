@@ -37,10 +37,32 @@ class Settings:
     max_prompts_per_request: int = 32
     max_batch: int = 8
     prompt_history: int = 8
-    # image embedding cache for POST /v1/images
+    # image embedding cache for POST /v1/images: count and bytes per token, bytes in all
     image_cache_size: int = 16
     image_cache_ttl_s: float = 600.0
     image_cache_bytes: int = 512 * 1024 * 1024
+    image_cache_total_bytes: int = 1024 * 1024 * 1024
+    # lifecycle (docs/SECURITY.md, "Limits"): an ended camera stream is kept this long
+    # for inspection, then freed; a WebRTC peer not connected by then is closed.
+    ended_stream_ttl_s: float = 30.0
+    webrtc_setup_timeout_s: float = 20.0
+    # REST inference (/v1/segment, /v1/images): per token, requests a second (bucket of
+    # `rest_burst`) and at once; queued on the model at most `rest_queue` (then 429).
+    rest_rate_per_s: float = 20.0
+    rest_burst: int = 40
+    rest_concurrency_per_token: int = 4
+    rest_queue: int = 8
+    # While streams are served, REST jobs get at most this share of the model's time.
+    rest_share: float = 0.25
+    # per client address (0: no limit); headers must arrive within `header_timeout_s`
+    # of connecting or of the previous response; idle keep-alive connections close.
+    max_connections_per_client: int = 64
+    max_websockets_per_client: int = 16
+    header_timeout_s: float = 10.0
+    keep_alive_timeout_s: int = 5
+    max_header_bytes: int = 16 * 1024
+    # proxies whose X-Forwarded-For is believed (empty: none; the peer is the client)
+    forwarded_allow_ips: tuple[str, ...] = field(default_factory=tuple)
     # WebRTC: host addresses offered as ICE candidates (empty = every interface)
     ice_hosts: tuple[str, ...] = field(default_factory=tuple)
     # STUN/TURN URLs; none by default so nothing leaves the host unless asked for.

@@ -151,6 +151,8 @@ class Peer:
         self._inflight: set[asyncio.Task[None]] = set()
         self._order = asyncio.Lock()
         self.limits = PromptLimits(max_points=self.runtime.settings.max_prompts_per_request)
+        self._setup_timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.Task[None] | None = None
 
     # ---- inbound -------------------------------------------------------------------
 
@@ -261,10 +263,28 @@ class Peer:
 
     # ---- lifecycle -------------------------------------------------------------------
 
+    def expect_connection(self, timeout_s: float) -> None:
+        """Close the peer unless its connection (ICE and DTLS) completes within
+        `timeout_s`: an offer whose answer is never applied, or whose ICE never
+        succeeds, would otherwise hold its peer and stream slots indefinitely."""
+        if timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            self._setup_timer = loop.call_later(timeout_s, self._setup_expired)
+
+    def _setup_expired(self) -> None:
+        self._setup_timer = None
+        if self.closed or self.pc.connectionState == "connected":
+            return
+        log.info("peer %s: not connected in time (%s); closed", self.id, self.pc.connectionState)
+        self.metrics.streams_reaped.labels("webrtc", "setup_timeout").inc()
+        self._expiry = asyncio.ensure_future(self.close())
+
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self._setup_timer is not None:
+            self._setup_timer.cancel()
         self._remove_sink()
         self.outgoing.close()
         if self.reader is not None and self.reader is not asyncio.current_task():
@@ -309,6 +329,7 @@ async def answer_offer(
     peer = Peer(pc, stream, runtime, executor, options)
     runtime.metrics.peers_active.inc()
     runtime.closers[peer.id] = peer.close
+    peer.expect_connection(settings.webrtc_setup_timeout_s)
 
     video_in = next(t for t in incoming if t.kind == "video")
     peer.reader = asyncio.ensure_future(peer.read(video_in))

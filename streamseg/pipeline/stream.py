@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,6 +34,18 @@ FrameSink = Callable[[Frame], object]
 _ids = itertools.count(1)
 # Largest inference interval a client may ask for: at 30 fps one model frame a second.
 MAX_INTERVAL = 30
+
+
+def _weakly(session: StreamSession) -> Callable[[Frame], None]:
+    """`session._dropped` without a strong reference to the session."""
+    ref = weakref.ref(session)
+
+    def dropped(frame: Frame) -> None:
+        alive = ref()
+        if alive is not None:
+            alive._dropped(frame)
+
+    return dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +84,10 @@ class StreamSession:
         if isinstance(self.interval, bool) or not 1 <= self.interval <= MAX_INTERVAL:
             raise ValueError(f"interval must be a whole number from 1 to {MAX_INTERVAL}")
         # Bound 1, policy `latest`: a newer frame replaces an unprocessed one (counted).
-        self.frames: LatestSlot[Frame] = LatestSlot(on_drop=self._dropped)
+        # The slot holds the session weakly: a bound method would make a cycle (session ->
+        # slot -> session) that kept a closed stream's tracker tensors and frames until
+        # the cyclic garbage collector ran, growing RSS under stream churn.
+        self.frames: LatestSlot[Frame] = LatestSlot(on_drop=_weakly(self))
         self.counters = StreamCounters()
         self._sinks: dict[int, ResultSink] = {}
         self._sink_ids = itertools.count()

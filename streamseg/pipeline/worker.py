@@ -1,9 +1,9 @@
 """The one inference thread: every model call in the server happens here.
 
 It wakes when a stream has a fresh frame or a job is queued, runs queued jobs
-(prompts) first so a click lands before the next frame, and at most one REST
-segmentation (their own queue, so a REST flood cannot starve live streams), then
-takes the newest frame of each stream whose frame is due (its inference interval
+(prompts) first so a click lands before the next frame, and a REST segmentation when
+its time share allows (their own queue, so a REST flood cannot starve live streams),
+then takes the newest frame of each stream whose frame is due (its inference interval
 reached; longest-waiting first, up to `max_batch`), encodes those images in one
 batch and steps each stream's tracker. Results go back to the event loop with
 `call_soon_threadsafe`; the loop never waits on this thread.
@@ -30,6 +30,8 @@ from streamseg.pipeline.stream import StreamResult, StreamSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# No stream batch for this long: REST jobs run without waiting for their share.
+STREAMS_IDLE_S = 0.5
 
 
 class WorkerBusyError(RuntimeError):
@@ -74,6 +76,7 @@ class InferenceWorker:
         on_step: Callable[[StreamResult], None] | None = None,
         max_rest_jobs: int = 8,
         nice: int = 0,
+        rest_share: float = 0.25,
     ) -> None:
         self.graphs = graphs
         self.nice = nice
@@ -85,9 +88,16 @@ class InferenceWorker:
         self._jobs: deque[_Job] = deque()
         self._max_jobs = max_jobs
         # REST segmentations, apart so they cannot starve live streams: at most one runs
-        # per round (between stream batches). Bound max_rest_jobs, policy `reject`.
+        # per round, within its time share. Bound max_rest_jobs, policy `reject`.
         self._rest_jobs: deque[_Job] = deque()
         self._max_rest_jobs = max_rest_jobs
+        # While streams are being served, REST jobs get at most `rest_share` of this
+        # thread's time: after a REST job of t s the next waits t * (1 - share) / share.
+        # One job per round was not enough: a REST job costs more than a stream step, and
+        # a 10 fps stream fell to 2.7 results/s under a flood.
+        self.rest_share = min(max(rest_share, 0.01), 1.0)
+        self._rest_not_before = 0.0
+        self._last_batch = -STREAMS_IDLE_S
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -175,8 +185,20 @@ class InferenceWorker:
 
     # ---- the thread ----------------------------------------------------------------
 
+    def _rest_ready(self, now: float) -> bool:
+        """A REST job may run now: its share allows it, or no stream was served lately."""
+        if not self._rest_jobs:
+            return False
+        return now >= self._rest_not_before or now - self._last_batch > STREAMS_IDLE_S
+
+    def _rest_wait(self, now: float) -> float | None:
+        """Seconds until a held-back REST job may run (None: none is held back)."""
+        if not self._rest_jobs:
+            return None
+        return max(0.0, min(self._rest_not_before, self._last_batch + STREAMS_IDLE_S) - now)
+
     def _has_work(self) -> bool:
-        if self._jobs or self._rest_jobs:
+        if self._jobs or self._rest_ready(time.monotonic()):
             return True
         return any(s.has_frame for s in self._streams.values())
 
@@ -191,20 +213,25 @@ class InferenceWorker:
         while True:
             with self._cond:
                 while not self._stopping and not self._has_work():
-                    self._cond.wait()
+                    self._cond.wait(self._rest_wait(time.monotonic()))
                 if self._stopping:
                     return
                 jobs = list(self._jobs)
                 self._jobs.clear()
-                if self._rest_jobs:
-                    jobs.append(self._rest_jobs.popleft())
+                rest = self._rest_jobs.popleft() if self._rest_ready(time.monotonic()) else None
                 streams = list(self._streams.values())
             for job in jobs:
                 self._run_job(job)
+            if rest is not None:
+                start = time.monotonic()
+                self._run_job(rest)
+                spent = time.monotonic() - start
+                self._rest_not_before = start + spent / self.rest_share
             taken = [(s, f) for s in self._due(streams) if (f := s.take_frame()) is not None]
             taken = [(s, f) for s, f in taken if self._acceptable(s, f)]
             if taken:
                 self._step_batch(taken)
+                self._last_batch = time.monotonic()
 
     def _due(self, streams: list[StreamSession]) -> list[StreamSession]:
         """The next batch: streams with a frame due (their interval reached), the one

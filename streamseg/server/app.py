@@ -21,8 +21,10 @@ from streamseg.model.tracker import TrackerSettings
 from streamseg.protocol.prompts import PromptLimits
 from streamseg.server import api_errors, security
 from streamseg.server.auth import HostPolicy, TokenStore, bind_problem
+from streamseg.server.client_limits import WebsocketsPerClient
 from streamseg.server.errors import InternalErrorMiddleware
 from streamseg.server.foxglove_bridge import check_foxglove, start_bridge
+from streamseg.server.lifecycle import Reaper
 from streamseg.server.metrics import CONTENT_TYPE
 from streamseg.server.runtime import Runtime
 from streamseg.server.stream_store import StreamStore
@@ -60,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         remove_sighup = security.on_sighup(tokens)
         try:
             await runtime.start()
+            reaper = Reaper(runtime, settings.ended_stream_ttl_s)
+            reaper.start()
             foxglove = None
             try:
                 foxglove = start_bridge(runtime, settings, streams.frame_id_for)
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 streams.stop()
                 if foxglove is not None:
                     await foxglove.stop()
+                await reaper.stop()
                 await runtime.stop()
         finally:
             watcher.cancel()
@@ -86,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.streams = streams
     app.add_middleware(InternalErrorMiddleware, metrics=runtime.metrics)
+    app.add_middleware(
+        WebsocketsPerClient, limit=settings.max_websockets_per_client, metrics=runtime.metrics
+    )
     app.state.auth = tokens
     policy = HostPolicy.build(settings.host, settings.allowed_hosts, settings.allowed_origins)
     security.install(app, policy, settings.allowed_origins)  # outermost: sees every answer

@@ -16,6 +16,7 @@ import uvicorn
 
 from streamseg.config import Settings
 from streamseg.server.app import create_app
+from streamseg.server.client_limits import uvicorn_options
 from streamseg.server.runtime import Runtime
 from streamseg.server.serving import DrainingServer
 
@@ -64,6 +65,7 @@ def running_server(
         port=settings.port,
         log_level="warning",
         ws_per_message_deflate=False,
+        **uvicorn_options(settings, app.state.runtime.metrics),
     )
     server = DrainingServer(config, app.state.runtime, settings.drain_s)
     thread = threading.Thread(target=server.run, daemon=True)

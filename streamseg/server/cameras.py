@@ -260,16 +260,25 @@ def get_camera(request: Request, stream_id: str) -> tuple[Runtime, CameraStream]
     return runtime, camera
 
 
-async def close_camera(runtime: Runtime, stream_id: str) -> None:
-    """Stop a camera: its reader, its session, and every websocket feed on it."""
+def detach_camera(runtime: Runtime, stream_id: str) -> CameraStream | None:
+    """The synchronous part of `close_camera`: its slot, session and feeds are freed
+    at once; its reader is asked to stop."""
     camera = cameras_of(runtime).pop(stream_id, None)
     if camera is None:
-        return
+        return None
     runtime.closers.pop(stream_id, None)
     camera.reader.request_stop()
     for feed in list(camera.feeds):
         feed.close()
     runtime.close_stream(stream_id)
+    return camera
+
+
+async def close_camera(runtime: Runtime, stream_id: str) -> None:
+    """Stop a camera: its reader, its session, and every websocket feed on it."""
+    camera = detach_camera(runtime, stream_id)
+    if camera is None:
+        return
     if not await asyncio.to_thread(camera.reader.join, JOIN_TIMEOUT_S):
         # Blocked in a PyAV read on a frozen server: it ends at its read timeout and
         # can no longer deliver anything (the session is closed).

@@ -119,6 +119,14 @@ class Metrics:
             "streamseg_requests_rejected", "Requests refused with a 4xx", ["reason"], registry=r
         )
         self.model_info = Info("streamseg_model", "Model and backend in use", registry=r)
+        self.streams_reaped = Counter(
+            "streamseg_streams_reaped",
+            "Streams the server closed on its own, by reason: `ended` (a camera whose "
+            "source ended, after its retention time or to make room), `setup_timeout` (a "
+            "WebRTC peer that never connected)",
+            ["kind", "reason"],
+            registry=r,
+        )
         self.internal_errors = Counter(
             "streamseg_internal_errors",
             "Requests that failed unexpectedly (answered with code `internal`), by surface",

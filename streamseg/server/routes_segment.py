@@ -20,10 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamseg.model.errors import InvalidPromptError
 from streamseg.model.segmenter import ImageEmbedding, ImagePrompt, SegmentMask
-from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
+from streamseg.pipeline.worker import RestQueueFullError, WorkerBusyError, WorkerStoppedError
 from streamseg.protocol import strictjson
 from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
+from streamseg.server.rest_limits import caller_key, rest_admission
 from streamseg.server.runtime import Runtime
 from streamseg.server.security import requires
 
@@ -188,7 +189,12 @@ def _prompts(runtime: Runtime, raw: Any, required: bool) -> list[ImagePrompt]:
 async def _on_worker(runtime: Runtime, fn: Any) -> Any:
     assert runtime.worker is not None
     try:
-        return await runtime.worker.submit(fn)
+        return await runtime.worker.submit_rest(fn)
+    except RestQueueFullError as exc:  # bounded REST queue, policy `reject`
+        runtime.metrics.requests_rejected.labels("rest_queue").inc()
+        raise HTTPException(
+            429, {"code": "busy", "message": str(exc)}, headers={"Retry-After": "1"}
+        ) from None
     except WorkerBusyError as exc:
         runtime.metrics.requests_rejected.labels("busy").inc()
         raise HTTPException(
@@ -231,7 +237,7 @@ def _response(
     }
 
 
-@router.post("/segment", dependencies=[requires("control", uploads=True)])
+@router.post("/segment", dependencies=[requires("control", uploads=True), rest_admission()])
 async def segment(request: Request) -> dict[str, Any]:
     """Image (multipart `image` or JSON `image_base64`) + `prompts` -> one mask each."""
     runtime = _runtime(request)
@@ -248,7 +254,9 @@ async def segment(request: Request) -> dict[str, Any]:
     return _response(embedding, masks, decoder_s, fmt, cached=False)
 
 
-@router.post("/images", status_code=201, dependencies=[requires("control", uploads=True)])
+@router.post(
+    "/images", status_code=201, dependencies=[requires("control", uploads=True), rest_admission()]
+)
 async def add_image(request: Request) -> dict[str, Any]:
     """Encode an image once; segment it later with /v1/images/{image_id}/segment."""
     runtime = _runtime(request)
@@ -256,7 +264,7 @@ async def add_image(request: Request) -> dict[str, Any]:
     seg, cache = runtime.segmenter, runtime.embeddings
     assert seg is not None and cache is not None
     embedding: ImageEmbedding = await _on_worker(runtime, lambda: seg.encode(image))
-    image_id = cache.put(embedding)
+    image_id = cache.put(embedding, caller_key(request))
     return {
         "image_id": image_id,
         "width": embedding.width,
@@ -266,12 +274,12 @@ async def add_image(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/images/{image_id}/segment", dependencies=[requires("control")])
+@router.post("/images/{image_id}/segment", dependencies=[requires("control"), rest_admission()])
 async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
     runtime = _runtime(request)
     cache, seg = runtime.embeddings, runtime.segmenter
     assert cache is not None and seg is not None
-    embedding = cache.get(image_id)
+    embedding = cache.get(image_id, caller_key(request))
     if embedding is None:
         _refuse(runtime, 404, "unknown_image", f"no image {image_id!r} (unknown or expired)")
     body = await _read_body(request, runtime)
@@ -289,6 +297,6 @@ async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
 async def delete_image(image_id: str, request: Request) -> Response:
     runtime = _runtime(request)
     assert runtime.embeddings is not None
-    if not runtime.embeddings.delete(image_id):
+    if not runtime.embeddings.delete(image_id, caller_key(request)):
         _refuse(runtime, 404, "unknown_image", f"no image {image_id!r}")
     return Response(status_code=204)

@@ -22,6 +22,7 @@ from streamseg.model.tracker import StreamTracker, TrackerSettings
 from streamseg.pipeline.stream import StreamSession
 from streamseg.pipeline.worker import InferenceWorker
 from streamseg.server.embedding_cache import EmbeddingCache
+from streamseg.server.memory import release_freed_memory
 from streamseg.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class Runtime:
     embeddings: EmbeddingCache | None = None
     start_error: str | None = None
     model_step_s: float | None = None
+    # Frees a slot held by an ended stream when the limit is reached (server/lifecycle.py).
+    make_room: Callable[[], None] | None = None
 
     async def start(self) -> None:
         """Load and warm up the model off the loop, then start the worker; a failure is
@@ -95,12 +98,17 @@ class Runtime:
         log.warning("%s", what_to_expect(self.model.description, self.model_step_s))
         self.segmenter = ImageSegmenter(self.model.graphs)
         self.embeddings = EmbeddingCache(
-            s.image_cache_size, s.image_cache_bytes, s.image_cache_ttl_s
+            s.image_cache_size,
+            s.image_cache_bytes,
+            s.image_cache_ttl_s,
+            total_bytes=s.image_cache_total_bytes,
         )
         self.worker = InferenceWorker(
             self.model.graphs,
             max_batch=s.max_batch,
             on_step=self.metrics.observe_step,
+            max_rest_jobs=s.rest_queue,
+            rest_share=s.rest_share,
             nice=s.inference_nice if self.model.device.type == "cpu" else 0,
         )
         self.worker.start()
@@ -138,6 +146,8 @@ class Runtime:
         `stream_id`: a user-chosen id (checked by the caller), else the next `s<N>`."""
         if self.worker is None or not self.ready:
             raise LimitReachedError("the model is still loading; retry when /readyz is 200")
+        if len(self.streams) >= self.settings.max_streams and self.make_room is not None:
+            self.make_room()
         if len(self.streams) >= self.settings.max_streams:
             raise LimitReachedError(f"at most {self.settings.max_streams} streams at once")
         if stream_id is not None and stream_id in self.streams:
@@ -177,6 +187,7 @@ class Runtime:
         self.metrics.streams_active.labels(stream.kind).dec()
         self.metrics.forget_stream(stream_id)
         self.metrics.tracks_active.set(self.count_tracks())
+        release_freed_memory()
 
     async def stop(self) -> None:
         self.draining = True

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from streamseg.media.frame import Frame
 from streamseg.pipeline.egress import PlacedFrame, SourceRateMasks
+from streamseg.pipeline.stream import StreamSession
 from streamseg.pipeline.wire import placed_message
 from streamseg.protocol.masks import MaskEncoding
 from streamseg.protocol.messages import encode_frame_message, encode_masks
@@ -40,7 +41,9 @@ class PlacedFrames:
     one camera. Bound: one frame's placement and one blob list per encoding; an older
     frame asked for later (a slow client) is placed again, not cached."""
 
-    camera: CameraStream
+    # The session, not the camera: `_by_camera` holds these weakly by camera, and a
+    # value that referenced its key would keep every deleted camera alive.
+    session: StreamSession
     placer: SourceRateMasks
     _seq: int = -1
     _placed: PlacedFrame | None = None
@@ -74,7 +77,7 @@ class PlacedFrames:
         placed = self.place(frame)
         placed_at = time.perf_counter()
         blobs = self.masks(placed, encoding) if encoding is not None else None
-        session = self.camera.session
+        session = self.session
         msg = placed_message(placed, session.id, time.time(), session.counters.dropped)
         if encoding is not None:
             msg = dataclasses.replace(msg, encoding=encoding)
@@ -94,6 +97,6 @@ def placed_frames(camera: CameraStream) -> PlacedFrames:
         placer = camera.session.source_rate_masks()
         if camera.latest is not None:
             placer.on_result(camera.latest)
-        found = PlacedFrames(camera, placer)
+        found = PlacedFrames(camera.session, placer)
         _by_camera[camera] = found
     return found

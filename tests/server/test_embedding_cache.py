@@ -42,3 +42,27 @@ def test_segmenter_equals_tracker_first_frame() -> None:
     outcome = tracker.add_prompt(1, points=[[30, 30]], labels=[1])
     assert np.array_equal(mask.mask, outcome.result.mask)
     assert abs(mask.score - outcome.result.score) < 1e-5
+
+
+def test_owners_evict_only_their_own_images() -> None:
+    """Issue 12 item 7: one client's uploads cannot evict another's images, nor read
+    or delete them by id."""
+    cache = EmbeddingCache(max_items=2, max_bytes=100_000, ttl_s=60)
+    mine = cache.put(_embedding(), "robot-1")
+    flood = [cache.put(_embedding(), "robot-2") for _ in range(50)]
+    assert cache.get(mine, "robot-1") is not None
+    assert cache.owner_count("robot-1") == 1 and cache.owner_count("robot-2") == 2
+    assert [cache.get(k, "robot-2") is not None for k in flood[-3:]] == [False, True, True]
+    assert cache.get(mine, "robot-2") is None and not cache.delete(mine, "robot-2")
+    assert cache.get(flood[-1], "robot-1") is None
+    assert cache.delete(mine, "robot-1") and cache.get(mine, "robot-1") is None
+
+
+def test_total_bytes_evict_from_the_biggest_owner() -> None:
+    one = _embedding(40).nbytes  # 6.4 KB
+    cache = EmbeddingCache(max_items=10, max_bytes=10 * one, ttl_s=60, total_bytes=6 * one)
+    small = cache.put(_embedding(40), "small")
+    big = [cache.put(_embedding(40), "big") for _ in range(8)]
+    assert cache.nbytes <= 6 * one
+    assert cache.get(small, "small") is not None
+    assert cache.owner_count("big") == 5 and cache.get(big[-1], "big") is not None
