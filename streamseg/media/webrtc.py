@@ -55,8 +55,10 @@ from streamseg.server.metrics import Metrics
 log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 DATA_CHANNEL_LABEL = "streamseg"
-# Metadata is skipped (and counted) while this much is still unsent on the channel.
-DATA_CHANNEL_HIGH_WATER = 256 * 1024
+# A frame's metadata is skipped (and counted) while more than this waits in the channel
+# behind messages SCTP has not finished sending: a newer frame's goes once it drained,
+# so metadata never queues behind stale metadata (the websocket feed's rule, same why).
+DATA_CHANNEL_LOW_WATER = 0
 MAX_INFLIGHT_MESSAGES = 32
 _peer_ids = itertools.count(1)
 
@@ -203,7 +205,7 @@ class Peer:
         channel = self.channel
         if not self.options.metadata or channel is None or channel.readyState != "open":
             return
-        if channel.bufferedAmount > DATA_CHANNEL_HIGH_WATER:
+        if channel.bufferedAmount > DATA_CHANNEL_LOW_WATER:
             self.metrics.count_drop(self.stream.id, "data_channel")
             return
         masks = None

@@ -296,3 +296,38 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def mask_area(mask: np.ndarray) -> int:
     """Number of set pixels."""
     return int(np.count_nonzero(_as_mask(mask)))
+
+
+# ---- smaller masks (`?scale=`, `?max_side=`) ---------------------------------------------
+
+
+def mask_grid(
+    height: int, width: int, scale: float | None = None, max_side: int | None = None
+) -> tuple[int, int]:
+    """The ``(height, width)`` masks are sent at: the frame scaled by ``scale`` (0, 1]
+    and then, if still larger, so its longer side is at most ``max_side``; never below
+    one pixel. Rounded to the nearest pixel, so a client computes the same size."""
+    height, width = _check_size(height, width)
+    factor = 1.0 if scale is None else float(scale)
+    if not 0 < factor <= 1:
+        raise MaskCodecError(f"scale must be in (0, 1], got {scale!r}")
+    if max_side is not None:
+        if max_side < 1:
+            raise MaskCodecError(f"max_side must be at least 1, got {max_side!r}")
+        factor = min(factor, max_side / max(height, width))
+    if factor >= 1:
+        return height, width
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def shrink_mask(mask: np.ndarray, height: int, width: int) -> BoolMask:
+    """``mask`` resampled to ``height`` x ``width`` by area: a small pixel is set when
+    at least half of the frame pixels it covers are, so thin edges neither grow nor
+    flicker the way nearest-neighbour picking makes them."""
+    m = _as_mask(mask)
+    if m.shape == (height, width):
+        return m
+    # 0/255 in, so the area mean keeps eight bits; 128 and up is "half or more".
+    scaled = m.view(np.uint8) * np.uint8(255)
+    area = cv2.resize(scaled, (width, height), interpolation=cv2.INTER_AREA)
+    return np.asarray(area >= 128)

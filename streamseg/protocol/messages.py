@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import struct
@@ -28,8 +29,11 @@ from streamseg.protocol.masks import (
     MaskEncoding,
     decode_mask,
     encode_mask,
+    mask_bbox,
+    mask_grid,
     rle_decode,
     rle_encode,
+    shrink_mask,
 )
 from streamseg.protocol.prompts import PromptLimits
 
@@ -37,11 +41,16 @@ SCHEMA_VERSION = 1
 # Optional additions within v1, which older v1 clients ignore: 2 = per-track `source`,
 # `model_seq` and `age_ms` (masks carried forward between model steps); 3 = `hello`
 # carries `rev`, `boot_id` and `epoch`, and `event` messages (state, lost/found) for
-# clients that ask for them with `?events=` (so older clients never see the new type).
-SCHEMA_REVISION = 3
+# clients that ask for them with `?events=` (so older clients never see the new type);
+# 4 = frame headers carry `mask_width`/`mask_height` (the grid masks are sent on, smaller
+# than the frame with `?scale=`/`?max_side=`), `mask_crop` and per-track `mask_box` (each
+# mask cropped to its box with `?crop=bbox`); `hello` says `delivery`, `scale`,
+# `max_side` and `crop`. Full-frame masks, as before, unless a client asks.
+SCHEMA_REVISION = 4
 MaskSource = Literal["model", "propagated"]
 _MASK_SOURCES: tuple[MaskSource, ...] = ("model", "propagated")
 HEADER_LENGTH = struct.Struct(">I")
+_EMPTY_RLE = {"size": [0, 0], "counts": ""}  # a cropped empty mask on the data channel
 # Websocket close codes of the mask feed (4000-4999 are the application's).
 CLOSE_UNKNOWN_STREAM = 4404  # no such stream, or it was deleted
 CLOSE_BAD_REQUEST = 4422  # bad query parameters
@@ -83,6 +92,9 @@ class TrackResultMeta:
     source: MaskSource = "model"
     model_seq: int | None = None
     age_ms: float = 0.0
+    # With cropped masks: where this track's mask lies on the mask grid, (x0, y0, x1,
+    # y1) with exclusive ends; None for an empty mask (then no mask bytes are sent).
+    mask_box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +132,14 @@ class FrameResultMessage:
     encoding: MaskEncoding | None = None
     stages_ms: dict[str, float] | None = None
     prompt_note: str | None = None
+    # (height, width) of the grid the masks are on; None: the frame's own size.
+    mask_size: tuple[int, int] | None = None
+    mask_crop: bool = False
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(height, width) of the decoded masks."""
+        return self.mask_size or (self.height, self.width)
 
 
 def _json_default(value: Any) -> Any:
@@ -158,6 +178,7 @@ def _track_header(t: TrackResultMeta) -> dict[str, Any]:
         "source": t.source,
         "model_seq": None if t.model_seq is None else int(t.model_seq),
         "age_ms": round(float(t.age_ms), 3),
+        "mask_box": None if t.mask_box is None else [int(v) for v in t.mask_box],
     }
 
 
@@ -176,21 +197,71 @@ def _header(msg: FrameResultMessage, encoding: MaskEncoding | None) -> dict[str,
         "encoding": None if encoding is None else encoding.value,
         "stages_ms": msg.stages_ms,
         "prompt_note": msg.prompt_note,
+        "mask_width": int(msg.grid[1]),
+        "mask_height": int(msg.grid[0]),
+        "mask_crop": bool(msg.mask_crop),
     }
+
+
+def _wire_shape(msg: FrameResultMessage, track: TrackResultMeta) -> tuple[int, int]:
+    """The shape of one track's mask as it travels: the grid, or its box when cropped
+    ((0, 0): an empty mask, sent as no bytes)."""
+    if not msg.mask_crop:
+        return msg.grid
+    if track.mask_box is None:
+        return 0, 0
+    x0, y0, x1, y1 = track.mask_box
+    return y1 - y0, x1 - x0
 
 
 def _check_masks(msg: FrameResultMessage, masks: Sequence[np.ndarray]) -> None:
     if len(masks) != len(msg.tracks):
         raise MessageError(f"{len(msg.tracks)} tracks but {len(masks)} masks; one per track")
-    for i, m in enumerate(masks):
-        if getattr(m, "shape", None) != (msg.height, msg.width):
+    for i, (m, track) in enumerate(zip(masks, msg.tracks, strict=True)):
+        want = _wire_shape(msg, track)
+        if getattr(m, "shape", None) != want:
             shape = getattr(m, "shape", type(m).__name__)
-            raise MessageError(f"mask {i} is {shape}, the frame is ({msg.height}, {msg.width})")
+            what = "its mask_box" if msg.mask_crop else "the frame"
+            raise MessageError(f"mask {i} is {shape}, {what} is {want}")
 
 
 def encode_masks(masks: Sequence[np.ndarray], encoding: MaskEncoding | str) -> list[bytes]:
-    """Masks encoded once, to be shared by every client that asked for ``encoding``."""
-    return [encode_mask(m, encoding) for m in masks]
+    """Masks encoded once, to be shared by every client that asked for ``encoding``.
+    An empty array (a cropped empty mask) is sent as no bytes."""
+    return [b"" if m.size == 0 else encode_mask(m, encoding) for m in masks]
+
+
+def reduce_masks(
+    msg: FrameResultMessage,
+    masks: Sequence[np.ndarray],
+    *,
+    scale: float | None = None,
+    max_side: int | None = None,
+    crop: bool = False,
+) -> tuple[FrameResultMessage, list[np.ndarray]]:
+    """Frame-sized masks made smaller for the wire: resampled onto the grid that
+    ``scale``/``max_side`` give (`mask_grid`) and, with ``crop``, each cut to its own
+    box on that grid. Returns the message saying so and the masks to encode."""
+    _check_masks(dataclasses.replace(msg, mask_size=None, mask_crop=False), masks)
+    try:
+        grid = mask_grid(msg.height, msg.width, scale, max_side)
+        small = [shrink_mask(m, *grid) for m in masks]
+    except MaskCodecError as exc:
+        raise MessageError(f"masks cannot be reduced: {exc}") from None
+    tracks, wire = [], []
+    for track, m in zip(msg.tracks, small, strict=True):
+        box = mask_bbox(m) if crop else None
+        if crop:
+            m = m[0:0, 0:0] if box is None else m[box[1] : box[3], box[0] : box[2]]
+        tracks.append(dataclasses.replace(track, mask_box=box))
+        wire.append(m)
+    reduced = dataclasses.replace(
+        msg,
+        tracks=tuple(tracks),
+        mask_size=None if grid == (msg.height, msg.width) else grid,
+        mask_crop=crop,
+    )
+    return reduced, wire
 
 
 def encode_frame_message(
@@ -248,9 +319,9 @@ def frame_message_json(
         try:
             for track, mask in zip(header["tracks"], masks, strict=True):
                 if enc is MaskEncoding.RLE:
-                    track["rle"] = rle_encode(mask)
+                    track["rle"] = rle_encode(mask) if mask.size else _EMPTY_RLE
                 else:
-                    track["mask_b64"] = base64.b64encode(encode_mask(mask, enc)).decode()
+                    track["mask_b64"] = base64.b64encode(encode_masks([mask], enc)[0]).decode()
         except MaskCodecError as exc:
             raise MessageError(f"mask cannot be encoded: {exc}") from None
     if extra:
@@ -316,20 +387,23 @@ def _parse_times(value: Any) -> FrameTimes:
     )
 
 
+def _box(raw: Any, name: str) -> tuple[int, int, int, int] | None:
+    if raw is None:
+        return None
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 4
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    ):
+        raise MessageError(f"{name} must be null or [x0, y0, x1, y1] integers")
+    return raw[0], raw[1], raw[2], raw[3]
+
+
 def _parse_track(body: Mapping[str, Any], where: str) -> TrackResultMeta:
     present = _field(body, "present", where)
     if not isinstance(present, bool):
         raise MessageError(f"{where}present must be true or false, got {present!r}")
-    raw_bbox = _field(body, "bbox", where)
-    bbox: tuple[int, int, int, int] | None = None
-    if raw_bbox is not None:
-        if not (
-            isinstance(raw_bbox, list)
-            and len(raw_bbox) == 4
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in raw_bbox)
-        ):
-            raise MessageError(f"{where}bbox must be null or [x0, y0, x1, y1] integers")
-        bbox = (raw_bbox[0], raw_bbox[1], raw_bbox[2], raw_bbox[3])
+    bbox = _box(_field(body, "bbox", where), f"{where}bbox")
     source = body.get("source", "model")
     if source not in _MASK_SOURCES:
         raise MessageError(f"{where}source must be 'model' or 'propagated', got {source!r}")
@@ -343,6 +417,7 @@ def _parse_track(body: Mapping[str, Any], where: str) -> TrackResultMeta:
         source=source,
         model_seq=None if body.get("model_seq") is None else _int(body, "model_seq", where),
         age_ms=_float(body, "age_ms", where) if "age_ms" in body else 0.0,
+        mask_box=_box(body.get("mask_box"), f"{where}mask_box"),
     )
 
 
@@ -376,6 +451,9 @@ def _parse_header(
     note = body.get("prompt_note")
     if note is not None and not isinstance(note, str):
         raise MessageError(f"prompt_note must be a string or null, got {note!r}")
+    crop = body.get("mask_crop", False)
+    if not isinstance(crop, bool):
+        raise MessageError(f"mask_crop must be true or false, got {crop!r}")
     msg = FrameResultMessage(
         stream_id=stream_id,
         seq=_int(body, "seq", ""),
@@ -387,8 +465,37 @@ def _parse_header(
         encoding=encoding,
         stages_ms=_parse_stages(body.get("stages_ms")),
         prompt_note=note,
+        mask_crop=crop,
     )
+    grid = (
+        _int(body, "mask_height", "", minimum=1) if "mask_height" in body else msg.height,
+        _int(body, "mask_width", "", minimum=1) if "mask_width" in body else msg.width,
+    )
+    if grid[0] > msg.height or grid[1] > msg.width:
+        raise MessageError(f"mask grid {grid} is larger than the frame")
+    if grid != (msg.height, msg.width):
+        msg = dataclasses.replace(msg, mask_size=grid)
+    for i, track in enumerate(msg.tracks):
+        if track.mask_box is None:
+            continue
+        x0, y0, x1, y1 = track.mask_box
+        if not (crop and 0 <= x0 < x1 <= grid[1] and 0 <= y0 < y1 <= grid[0]):
+            raise MessageError(
+                f"tracks[{i}].mask_box {list(track.mask_box)} must lie on the {grid[1]}x"
+                f"{grid[0]} mask grid, and only with mask_crop"
+            )
     return msg, track_bodies
+
+
+def _on_grid(msg: FrameResultMessage, track: TrackResultMeta, mask: np.ndarray) -> np.ndarray:
+    """A track's decoded mask on the whole mask grid (a cropped one pasted at its box)."""
+    if not msg.mask_crop:
+        return mask
+    full = np.zeros(msg.grid, np.bool_)
+    if track.mask_box is not None:
+        x0, y0, x1, y1 = track.mask_box
+        full[y0:y1, x0:x1] = mask
+    return full
 
 
 def _mask_error(index: int, exc: MaskCodecError) -> MessageError:
@@ -423,7 +530,9 @@ def decode_frame_message(
     data: bytes | bytearray | memoryview,
 ) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
     """Parse a binary websocket frame message into the header and its masks (None when
-    the message carries none); anything malformed raises `MessageError`."""
+    the message carries none), each on the mask grid (`msg.grid`: the frame's size
+    unless the client asked for smaller masks; cropped masks pasted back at their
+    box); anything malformed raises `MessageError`."""
     msg, tracks, payload = _split_binary(data)
     if msg.encoding is None:
         if any("mask" in t for t in tracks):
@@ -440,10 +549,17 @@ def decode_frame_message(
                 f"{len(payload)}-byte payload"
             )
         chunk = payload[offset : offset + length]
+        height, width = _wire_shape(msg, msg.tracks[i])
         try:
-            masks.append(decode_mask(chunk, msg.encoding, msg.height, msg.width))
+            if height == 0:  # a cropped empty mask: no bytes
+                if length:
+                    raise MaskCodecError(f"an empty cropped mask has no bytes, got {length}")
+                mask = np.zeros((0, 0), np.bool_)
+            else:
+                mask = decode_mask(chunk, msg.encoding, height, width)
         except MaskCodecError as exc:
             raise _mask_error(i, exc) from None
+        masks.append(_on_grid(msg, msg.tracks[i], mask))
     return msg, masks
 
 
@@ -459,20 +575,23 @@ def decode_frame_json(text: str | bytes) -> tuple[FrameResultMessage, list[np.nd
         return msg, None
     masks: list[np.ndarray] = []
     for i, track in enumerate(tracks):
+        shape = _wire_shape(msg, msg.tracks[i])
         try:
             if msg.encoding is MaskEncoding.RLE:
-                mask = rle_decode(_object(_field(track, "rle", f"tracks[{i}]."), "rle"))
+                rle = _object(_field(track, "rle", f"tracks[{i}]."), "rle")
+                empty = shape == (0, 0) and rle == _EMPTY_RLE
+                mask = np.zeros((0, 0)) if empty else rle_decode(rle)
             else:
                 raw = _field(track, "mask_b64", f"tracks[{i}].")
                 if not isinstance(raw, str):
                     raise MessageError(f"tracks[{i}].mask_b64 must be a base64 string")
                 data = base64.b64decode(raw, validate=True)
-                mask = decode_mask(data, msg.encoding, msg.height, msg.width)
+                mask = decode_mask(data, msg.encoding, *shape) if data else np.zeros((0, 0))
         except (MaskCodecError, binascii.Error) as exc:
             raise MessageError(f"tracks[{i}] mask is corrupt: {exc}") from None
-        if mask.shape != (msg.height, msg.width):
-            raise MessageError(f"tracks[{i}] mask is {mask.shape}, the frame is not")
-        masks.append(mask)
+        if mask.shape != shape:
+            raise MessageError(f"tracks[{i}] mask is {mask.shape}, expected {shape}")
+        masks.append(_on_grid(msg, msg.tracks[i], mask.astype(np.bool_, copy=False)))
     return msg, masks
 
 

@@ -90,6 +90,15 @@ class SetOptions:
 
 ClientMessage: TypeAlias = AddPrompt | RemoveTrack | ResetTracks | SetOptions
 
+
+@dataclass(frozen=True, slots=True)
+class NextResult:
+    """Pull delivery (websocket `?delivery=pull`): send me one frame message, the newest
+    I have not had. Only a mask feed knows it: there is nothing to pull elsewhere."""
+
+
+FeedMessage: TypeAlias = ClientMessage | NextResult
+
 _FIELDS: dict[str, frozenset[str]] = {
     "prompt": frozenset(
         {
@@ -307,6 +316,25 @@ def parse_client_message(
     if kind == "reset":
         return ResetTracks(request_id)
     return _parse_options(body, request_id)
+
+
+def parse_feed_message(
+    raw: str | bytes | bytearray, limits: PromptLimits | None = None
+) -> FeedMessage:
+    """A websocket mask-feed message: `{"type": "next"}` (no other field) or any
+    message `parse_client_message` takes, refused the same way."""
+    limits = limits or PromptLimits()
+    _check_size(raw, limits)
+    try:
+        body: Any = strictjson.loads(raw)
+    except strictjson.JSONRefused as exc:
+        raise PromptError("bad_json", f"message refused: {exc}") from None
+    if isinstance(body, Mapping) and body.get("type") == "next":
+        extra = sorted(str(k) for k in body if k != "type")
+        if extra:
+            raise _bad(f"a 'next' message has no other field, got {', '.join(extra)}")
+        return NextResult()
+    return parse_client_message(body, limits)
 
 
 def check_prompt_in_frame(prompt: AddPrompt, width: int, height: int) -> None:

@@ -1,6 +1,8 @@
 """The websocket mask feed of a camera stream, for robots: one binary message per
 processed frame (`rate=model`) or per incoming frame with the newest masks moved onto
-it (`rate=source`), prompts in, latest-only per client."""
+it (`rate=source`), prompts in, latest-only per client: pushed once the previous
+message has left user space (`server/feed_delivery.py`), or one per `next` request
+(`?delivery=pull`); masks smaller on request (`server/mask_views.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import logging
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, cast
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -33,9 +35,10 @@ from streamseg.protocol.messages import (
     internal_error_message,
 )
 from streamseg.protocol.prompts import (
+    NextResult,
     PromptError,
     SetOptions,
-    parse_client_message,
+    parse_feed_message,
     peek_request_id,
 )
 from streamseg.server.auth import Principal
@@ -47,6 +50,22 @@ from streamseg.server.cameras import (
     stream_metrics,
 )
 from streamseg.server.errors import report_internal
+from streamseg.server.feed_delivery import (
+    DELIVERIES,
+    ClosingSlot,
+    Credits,
+    Transport,
+    drained,
+    limit_unsent,
+)
+from streamseg.server.mask_views import (
+    MaskView,
+    ViewError,
+    parse_view,
+    reduced_placed,
+    reduced_result,
+    view_cache,
+)
 from streamseg.server.runtime import Runtime
 from streamseg.server.security import accept_subprotocol, audit, requires
 from streamseg.server.source_rate_feed import RATES, Encoded, PlacedFrames, placed_frames
@@ -122,6 +141,9 @@ class _Feed:
     masks: bool = True
     ended: str = "client_closed"
     events: EventQueue | None = None  # set with ?events=
+    view: MaskView = field(default_factory=MaskView)
+    credits: Credits | None = None  # set with ?delivery=pull
+    transport: Transport | None = None  # to see what has not left user space
 
 
 @router.websocket("/{stream_id}/masks")
@@ -161,6 +183,16 @@ async def mask_feed(
         metrics.feed_closed.labels("bad_request").inc()
         await _refuse(websocket, "bad_events", str(exc), CLOSE_BAD_REQUEST)
         return
+    delivery = websocket.query_params.get("delivery", "push")
+    try:
+        if delivery not in DELIVERIES:
+            raise ViewError("bad_delivery", f"delivery must be one of {', '.join(DELIVERIES)}")
+        view = parse_view(websocket.query_params)
+    except ViewError as exc:
+        metrics.feed_closed.labels("bad_request").inc()
+        await _refuse(websocket, exc.code, str(exc), CLOSE_BAD_REQUEST)
+        return
+    credits = Credits() if delivery == "pull" else None
     session = camera.session
     where = "websocket" if rate == "model" else "websocket_source"
 
@@ -169,16 +201,22 @@ async def mask_feed(
         runtime.metrics.count_drop(session.id, where)
 
     # Bound 1, policy `latest`: a newer result (or frame) replaces an unsent one (counted).
+    # Closing it (stream deleted, shutdown) also ends a wait for a pull request.
+    loop, on_close = asyncio.get_running_loop(), (credits.close if credits else lambda: None)
     mailbox: LatestSlot[StreamResult] | LatestSlot[Frame]
     if rate == "source":
         placed = placed_frames(camera)  # its placer sees each frame before this feed does
-        mailbox = frames = LatestSlot[Frame](on_drop=dropped)
+        mailbox = frames = ClosingSlot[Frame](dropped, on_close, loop)
         remove_sink = session.add_frame_sink(frames.put)
     else:
         placed = None
-        mailbox = results = LatestSlot[StreamResult](on_drop=dropped)
+        mailbox = results = ClosingSlot[StreamResult](dropped, on_close, loop)
         remove_sink = session.add_sink(results.put)
     feed = _Feed(websocket, runtime, camera, mailbox, encoding, principal, placed)
+    feed.view, feed.credits = view, credits
+    feed.transport = cast("Transport | None", _find_transport(websocket._send))
+    if feed.transport is None or not limit_unsent(feed.transport):
+        log.warning("websocket feed of %s: kernel buffers may hold a backlog", session.id)
     camera.feeds.add(cast("LatestSlot[Any]", mailbox))  # only ever closed from there
     try:
         hello = hello_message(
@@ -193,6 +231,10 @@ async def mask_feed(
             boot_id=runtime.boot_id,
             epoch=camera.epoch,
             events=sorted(kinds),
+            delivery=delivery,
+            scale=view.scale,
+            max_side=view.max_side,
+            crop="bbox" if view.crop else "none",
         )
         await asyncio.wait_for(websocket.send_text(hello), SEND_TIMEOUT_S)
         if kinds:
@@ -278,7 +320,16 @@ async def _send_results(feed: _Feed) -> None:
     executor = feed.runtime.media_executor()
     metrics = feed.runtime.metrics
     sink = "websocket" if feed.placed is None else "websocket_source"
+    cache = view_cache(camera, "model" if feed.placed is None else "source")
     while True:
+        if feed.credits is not None and not await feed.credits.take():
+            feed.ended = "shutdown" if feed.runtime.shutting_down else "stream_deleted"
+            return
+        # The newest item is taken only once the last message has left user space: what
+        # waits meanwhile is replaced by newer ones (counted), not queued in buffers.
+        if not await drained(feed.transport, SEND_TIMEOUT_S):
+            feed.ended = "too_slow"
+            return
         try:
             item = await feed.mailbox.take_async()
         except SlotClosed:
@@ -289,7 +340,16 @@ async def _send_results(feed: _Feed) -> None:
         if isinstance(item, Frame):
             assert feed.placed is not None
             # Moving masks costs milliseconds per frame: never on the event loop.
-            out = await loop.run_in_executor(executor, feed.placed.message, item, encoding)
+            if encoding is not None and not feed.view.full:
+                out = await loop.run_in_executor(
+                    executor, reduced_placed, cache, camera, feed.placed, item, encoding, feed.view
+                )
+            else:
+                out = await loop.run_in_executor(executor, feed.placed.message, item, encoding)
+        elif encoding is not None and not feed.view.full:
+            out = await loop.run_in_executor(
+                executor, reduced_result, cache, camera, item, encoding, feed.view
+            )
         else:
             out = await loop.run_in_executor(executor, _encode_result, camera, item, encoding)
         encoded = time.perf_counter()
@@ -343,7 +403,14 @@ async def _receive_prompts(feed: _Feed) -> None:
         action: str | None = None  # set for messages that change state: audited
         outcome = 200
         try:
-            msg = parse_client_message(raw, limits)
+            msg = parse_feed_message(raw, limits)
+            if isinstance(msg, NextResult):
+                if feed.credits is None:
+                    raise PromptError("bad_delivery", "'next' is for feeds with ?delivery=pull")
+                if not feed.credits.grant():
+                    limit = feed.credits.limit
+                    raise WorkerBusyError(f"at most {limit} 'next' requests may wait")
+                continue  # answered by the frame message itself
             if isinstance(msg, SetOptions):
                 result = _options(feed, msg)
             else:

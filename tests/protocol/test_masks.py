@@ -15,9 +15,11 @@ from streamseg.protocol.masks import (
     encode_mask,
     mask_area,
     mask_bbox,
+    mask_grid,
     rle_counts,
     rle_decode,
     rle_encode,
+    shrink_mask,
 )
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (37, 53), (720, 1280)]
@@ -271,3 +273,38 @@ def test_rle_decode_accepts_empty_leading_run_and_bytes() -> None:
     assert mask.all()
     assert np.array_equal(rle_decode({"size": [2, 2], "counts": b"04"}), mask)
     assert np.array_equal(rle_decode({"size": np.array([2, 2]), "counts": (0, 4)}), mask)
+
+
+@pytest.mark.parametrize(
+    ("args", "grid"),
+    [
+        ((480, 640, None, None), (480, 640)),
+        ((480, 640, 0.5, None), (240, 320)),
+        ((480, 640, 0.25, None), (120, 160)),
+        ((480, 640, None, 160), (120, 160)),
+        ((480, 640, 0.5, 1000), (240, 320)),  # max_side only ever shrinks
+        ((480, 640, 1 / 64, None), (8, 10)),
+        ((3, 1000, 0.01, None), (1, 10)),  # never below one pixel
+        ((481, 641, 0.5, None), (240, 320)),  # rounded to the nearest pixel
+    ],
+)
+def test_mask_grid(args: tuple[Any, ...], grid: tuple[int, int]) -> None:
+    assert mask_grid(*args) == grid
+
+
+@pytest.mark.parametrize(("scale", "max_side"), [(0.0, None), (1.5, None), (None, 0)])
+def test_mask_grid_refuses(scale: float | None, max_side: int | None) -> None:
+    with pytest.raises(MaskCodecError):
+        mask_grid(480, 640, scale, max_side)
+
+
+def test_shrink_mask_is_a_majority_vote() -> None:
+    mask = np.zeros((8, 8), bool)
+    mask[0:4, 0:4] = True  # a whole 4x4 block
+    mask[4:6, 4:8] = True  # half of each 4x4 block below right
+    mask[0, 4] = True  # one pixel of 16
+    small = shrink_mask(mask, 2, 2)
+    assert small.dtype == np.bool_
+    assert small.tolist() == [[True, False], [False, True]]
+    assert shrink_mask(mask, 8, 8) is mask
+    assert shrink_mask(np.zeros((480, 640), bool), 120, 160).shape == (120, 160)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
+from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode, shrink_mask
 from streamseg.protocol.messages import (
     SCHEMA_REVISION,
     SCHEMA_VERSION,
@@ -29,6 +30,7 @@ from streamseg.protocol.messages import (
     hello_message,
     internal_error_message,
     parse_server_text,
+    reduce_masks,
     state_event_message,
     track_event_message,
 )
@@ -144,6 +146,7 @@ def test_numpy_scalars_are_sent_as_json_numbers() -> None:
         "source": "model",
         "model_seq": None,
         "age_ms": 0.0,
+        "mask_box": None,
     }
     assert header["stages_ms"] == {"encoder": 1.5}
 
@@ -415,9 +418,13 @@ def test_golden_hello_and_events() -> None:
         boot_id="7f3a9c2e41d05b86",
         epoch="c41e0a9d7b2f6358",
         events=["state", "tracks"],
+        delivery="push",
+        scale=None,
+        max_side=None,
+        crop="none",
     )
     assert hello == (FIXTURES / "hello_v1.json").read_text().strip()
-    assert parse_server_text(hello)["rev"] == SCHEMA_REVISION == 3
+    assert parse_server_text(hello)["rev"] == SCHEMA_REVISION == 4
     state, lost = (FIXTURES / "events_v1.jsonl").read_text().splitlines()
     assert state == state_event_message(
         "dock",
@@ -450,3 +457,98 @@ def test_a_revision_2_message_still_decodes() -> None:
     msg, masks = decode_frame_message(_join(json.loads(old), b"\x66\x00\x00\x00"))
     assert msg == _msg()
     assert masks is not None and len(masks) == 2
+
+
+def test_a_revision_3_message_still_decodes() -> None:
+    """Before revision 4 headers had no mask grid or crop: masks are frame-sized."""
+    old = (FIXTURES / "frame_header_v1_rev3.json").read_text().strip()
+    assert json.loads(old)["rev"] == 3
+    msg, masks = decode_frame_message(_join(json.loads(old), b"\x66\x00\x00\x00"))
+    assert msg == _msg() and msg.grid == (3, 4) and not msg.mask_crop
+    assert masks is not None and np.array_equal(masks[0], _masks()[0])
+
+
+def _object_mask() -> tuple[FrameResultMessage, list[np.ndarray]]:
+    mask = np.zeros((6, 8), bool)
+    mask[2:6, 2:6] = True
+    tracks = (
+        TrackResultMeta(1, 0.9, 0.8, True, (2, 2, 6, 6), 16),
+        TrackResultMeta(5, 0.25, 0.125, False, None, 0),
+    )
+    return _msg(MaskEncoding.RLE, width=8, height=6, tracks=tracks), [mask, np.zeros((6, 8), bool)]
+
+
+def test_golden_reduced_message() -> None:
+    """Revision 4: masks at half size, each cropped to its box on that grid; an empty
+    mask has no box and no bytes. If this fails the wire format changed."""
+    msg, masks = _object_mask()
+    reduced, wire = reduce_masks(msg, masks, scale=0.5, crop=True)
+    assert [w.shape for w in wire] == [(2, 2), (0, 0)]
+    data = encode_frame_message(reduced, wire)
+    head = (FIXTURES / "frame_header_v1_reduced.json").read_text().strip().encode()
+    assert data == struct.pack(">I", len(head)) + head + b"04"
+    got, decoded = decode_frame_message(data)
+    assert got == reduced and got.grid == (3, 4) and got.tracks[0].mask_box == (1, 1, 3, 3)
+    assert decoded is not None
+    want = np.zeros((3, 4), bool)
+    want[1:3, 1:3] = True
+    assert np.array_equal(decoded[0], want) and not decoded[1].any()
+    assert decoded[1].shape == (3, 4)
+
+
+@pytest.mark.parametrize("encoding", list(MaskEncoding))
+@pytest.mark.parametrize(
+    "view",
+    [{}, {"scale": 0.5}, {"max_side": 3}, {"crop": True}, {"scale": 0.5, "crop": True}],
+    ids=["full", "half", "max-side", "crop", "half-crop"],
+)
+def test_reduced_masks_round_trip(encoding: MaskEncoding, view: dict[str, Any]) -> None:
+    msg, masks = _object_mask()
+    reduced, wire = reduce_masks(dataclasses.replace(msg, encoding=encoding), masks, **view)
+    got, decoded = decode_frame_message(encode_frame_message(reduced, wire))
+    assert got == reduced
+    assert decoded is not None and all(m.shape == got.grid for m in decoded)
+    small = shrink_mask(masks[0], *got.grid)
+    assert np.array_equal(decoded[0], small) and not decoded[1].any()
+    # The data channel's text form carries the same masks.
+    text = frame_message_json(dataclasses.replace(reduced, encoding=None), wire, encoding=encoding)
+    assert decode_frame_json(text)[0] == got
+    assert np.array_equal(decode_frame_json(text)[1][0], small)  # type: ignore[index]
+
+
+def _reduced_header() -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((FIXTURES / "frame_header_v1_reduced.json").read_text())
+    return body
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"mask_width": 9}, "larger than the frame"),
+        ({"mask_height": 0}, "mask_height must be an integer >= 1"),
+        ({"mask_crop": "yes"}, "mask_crop must be true or false"),
+        ({"mask_crop": False}, "only with mask_crop"),
+        ({"tracks.0.mask_box": [1, 1, 5, 3]}, "must lie on the 4x3 mask grid"),
+        ({"tracks.0.mask_box": [1, 1, 1, 3]}, "must lie on"),
+        ({"tracks.0.mask_box": [1, 1, 3]}, "mask_box must be null or"),
+        ({"tracks.1.mask.offset": 0, "tracks.1.mask.length": 1}, "empty cropped mask has no"),
+    ],
+)
+def test_malformed_reduced_messages_raise(change: dict[str, Any], match: str) -> None:
+    header = _reduced_header()
+    for path, value in change.items():
+        *parents, leaf = path.split(".")
+        node: Any = header
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[leaf] = value
+    with pytest.raises(MessageError, match=match):
+        decode_frame_message(_join(header, b"04"))
+
+
+def test_reduce_refuses_bad_views_and_sizes() -> None:
+    msg, masks = _object_mask()
+    with pytest.raises(MessageError, match="scale must be in"):
+        reduce_masks(msg, masks, scale=0.0)
+    with pytest.raises(MessageError, match="the frame is"):
+        reduce_masks(msg, [m[:3] for m in masks], scale=0.5)

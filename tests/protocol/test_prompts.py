@@ -13,6 +13,7 @@ from streamseg.protocol.masks import MaskEncoding
 from streamseg.protocol.prompts import (
     ERROR_CODES,
     AddPrompt,
+    NextResult,
     PromptError,
     PromptLimits,
     RemoveTrack,
@@ -20,6 +21,7 @@ from streamseg.protocol.prompts import (
     SetOptions,
     check_prompt_in_frame,
     parse_client_message,
+    parse_feed_message,
     peek_request_id,
 )
 
@@ -218,3 +220,25 @@ def test_whole_numbers_are_integers_as_json_schema_says() -> None:
         with pytest.raises(PromptError) as info:
             parse_client_message('{"type": "remove", "track_id": ' + bad + "}")
         assert info.value.code == "bad_field" and "track_id" in str(info.value)
+
+
+def test_next_is_a_feed_message_only() -> None:
+    """`next` (pull delivery) exists on the mask feed; every other surface refuses it
+    as an unknown type, and the feed still takes every other message."""
+    assert parse_feed_message('{"type": "next"}') == NextResult()
+    assert parse_feed_message(b'{"type":"next"}') == NextResult()
+    assert parse_feed_message('{"type": "reset"}') == ResetTracks()
+    with pytest.raises(PromptError) as refused:
+        parse_client_message('{"type": "next"}')
+    assert refused.value.code == "unknown_type"
+    for raw, code in [
+        ('{"type": "next", "count": 2}', "bad_field"),
+        ('{"type": "next", "request_id": "r1"}', "bad_field"),
+        ('{"type": "nxet"}', "unknown_type"),
+        ("[1]", "bad_json"),
+        ('{"type": "next"', "bad_json"),
+        ('{"type": "next", "pad": "' + "x" * 70000 + '"}', "too_large"),
+    ]:
+        with pytest.raises(PromptError) as refused:
+            parse_feed_message(raw)
+        assert refused.value.code == code, raw
