@@ -119,7 +119,7 @@ def _refusal(status: int | None, code: str, message: str) -> RequestError:
 @dataclass(frozen=True, slots=True)
 class Result:
     message: FrameResultMessage
-    masks: dict[int, np.ndarray]  # track id -> H x W bool
+    masks: dict[int, np.ndarray]  # track id -> bool mask on `message.grid` (H x W unless scaled)
     received_ts: float  # when the message arrived (not when it was taken)
     boot_id: str | None = None  # the server's boot (None: a server before revision 3)
     epoch: str | None = None  # the stream's life: new when it is created again
@@ -353,9 +353,24 @@ class StreamsegClient:
 
     # ---- websocket ---------------------------------------------------------------------
 
-    def ws_url(self, stream_id: str, encoding: str = "rle", rate: str = "model") -> str:
+    def ws_url(
+        self,
+        stream_id: str,
+        encoding: str = "rle",
+        rate: str = "model",
+        *,
+        scale: float | None = None,
+        max_side: int | None = None,
+        crop: bool = False,
+    ) -> str:
+        """The mask feed's URL; `scale`/`max_side`/`crop` ask for smaller masks."""
         base = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        return f"{base}/v1/streams/{stream_id}/masks?encoding={encoding}&rate={rate}"
+        url = f"{base}/v1/streams/{stream_id}/masks?encoding={encoding}&rate={rate}"
+        if scale is not None:
+            url += f"&scale={scale:g}"
+        if max_side is not None:
+            url += f"&max_side={max_side}"
+        return url + ("&crop=bbox" if crop else "")
 
     def _count_drop(self) -> None:
         self.dropped += 1
@@ -366,10 +381,17 @@ class StreamsegClient:
         encoding: str = "rle",
         include_masks: bool = True,
         rate: str = "model",
+        *,
+        scale: float | None = None,
+        max_side: int | None = None,
+        crop: bool = False,
     ) -> AsyncIterator[Result]:
         """Decoded results, newest first-come, forever: reconnects after any drop,
         raises StreamNotFoundError when the stream does not exist (or was deleted).
-        `rate`: "model" (one per processed frame) or "source" (one per camera frame)."""
+        `rate`: "model" (one per processed frame) or "source" (one per camera frame).
+        Smaller masks: `scale` (0.5: half the frame's size), `max_side` (pixels of the
+        longer side), `crop` (each mask sent as its box only; decoded back onto the
+        whole grid). Masks are on `result.message.grid` then, not the frame's size."""
         if rate not in RATES:
             raise ValueError(f"rate must be one of {', '.join(RATES)}, not {rate!r}")
         backoff = self.backoff_initial_s
@@ -377,7 +399,10 @@ class StreamsegClient:
         while True:
             try:
                 async with websockets.connect(
-                    self.ws_url(stream_id, encoding, rate) + "&events=all",
+                    self.ws_url(
+                        stream_id, encoding, rate, scale=scale, max_side=max_side, crop=crop
+                    )
+                    + "&events=all",
                     additional_headers=self.auth_headers(),
                     logger=_ws_log,
                     compression=None,
@@ -491,14 +516,20 @@ class LatestResults:
         encoding: str = "rle",
         token: str | None = None,
         rate: str = "model",
+        *,
+        scale: float | None = None,
+        max_side: int | None = None,
+        crop: bool = False,
         **client_options: Any,
     ) -> None:
         """`client_options` go to `StreamsegClient` (e.g. `missing_stream_timeout_s`,
-        `backoff_max_s`, `on_event`, which then runs on the feed's thread)."""
+        `backoff_max_s`, `on_event`, which then runs on the feed's thread);
+        `scale`/`max_side`/`crop` ask for smaller masks (`StreamsegClient.results`)."""
         if rate not in RATES:
             raise ValueError(f"rate must be one of {', '.join(RATES)}, not {rate!r}")
         self.client = StreamsegClient(base_url, token=token, **client_options)
         self.stream_id, self.encoding, self.rate = stream_id, encoding, rate
+        self._view: dict[str, Any] = {"scale": scale, "max_side": max_side, "crop": crop}
         self._cond = threading.Condition()
         self._result: Result | None = None
         # Epoch generations: a result of a later one is newer than any seq of an
@@ -592,7 +623,9 @@ class LatestResults:
         if self._stopping.is_set():  # stop() came before the task existed
             return
         try:
-            async for result in self.client.results(self.stream_id, self.encoding, rate=self.rate):
+            view, rate = self._view, self.rate
+            results = self.client.results(self.stream_id, self.encoding, rate=rate, **view)
+            async for result in results:
                 with self._cond:
                     if result.new_epoch:
                         self._generation += 1

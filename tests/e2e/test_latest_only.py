@@ -17,7 +17,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from streamseg.client import RequestError, StreamsegClient
+from streamseg.client import LatestResults, RequestError, Result, StreamsegClient
 from streamseg.media.synthetic import shape_boxes
 from streamseg.protocol.messages import decode_frame_header, decode_frame_message
 from streamseg.server.background import free_port, running_server
@@ -286,3 +286,36 @@ async def test_next_needs_pull_and_is_bounded(
             message = await asyncio.wait_for(ws.recv(), 10)
             kinds.append("frame" if isinstance(message, bytes) else json.loads(message)["code"])
         assert sorted(kinds).count("frame") >= 4 and "busy" in kinds
+
+
+async def test_the_robot_client_decodes_smaller_masks(
+    server: tuple[str, Runtime], stream: tuple[StreamsegClient, str]
+) -> None:
+    client, sid = stream
+    url, _ = server
+
+    def latest() -> Result | None:
+        with LatestResults(url, sid, "png", scale=0.5, crop=True) as feed:
+            return feed.latest(timeout=10)
+
+    result = await asyncio.to_thread(latest)
+    assert result is not None and result.message.grid == (240, 320)
+    assert result.message.mask_crop and len(result.masks) == 3
+    for track in result.message.tracks:
+        mask = result.masks[track.track_id]
+        assert mask.shape == (240, 320) and track.mask_box is not None
+        x0, y0, x1, y1 = track.mask_box
+        assert mask[y0:y1, x0:x1].sum() == mask.sum() > 0
+    got = await _take_one(client.results(sid, "rle", max_side=100))
+    assert got.message.grid == (75, 100) and not got.message.mask_crop
+    assert all(m.shape == (75, 100) for m in got.masks.values())
+
+
+async def _take_one(results: AsyncIterator[Result]) -> Result:
+    try:
+        async for result in results:
+            if result.message.tracks:
+                return result
+        raise AssertionError("the feed ended")
+    finally:
+        await results.aclose()  # type: ignore[attr-defined]
