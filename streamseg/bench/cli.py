@@ -211,6 +211,9 @@ def add_bench_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser
     ws = modes.add_parser("websocket", help="mask feed fan-out with a stalled client")
     ws.add_argument("--seconds", type=float, default=5.0)
     ws.add_argument("--encoding", default="rle", choices=["rle", "bitpack", "png"])
+    ws.add_argument(
+        "--slow-reads", type=int, default=30, help="reads of the once-a-second clients (0: none)"
+    )
     backend = modes.add_parser("backend", help="torch vs ONNX Runtime, per graph and frame")
     add_model_args(backend)
     backend.add_argument("--frames", type=int, default=12)

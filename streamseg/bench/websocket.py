@@ -1,5 +1,8 @@
 """`streamseg bench websocket`: messages per second and per-message latency to 1 and 8
-robot clients, with one more client present that never reads.
+robot clients, with one more client present that never reads; bytes per message with
+smaller masks (`scale`, `max_side`, `crop`); and how old the results are that a plain
+`websockets` client reading once a second gets, pushed (library receive queue 16 or 1)
+and pulled (`delivery=pull`).
 
 The source is a generated 640x480 H.264 file looped at 30 fps, the model the reduced
 `test` one (the point is the fan-out, not the model)."""
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +22,7 @@ import numpy as np
 import websockets
 
 from streamseg.media.synthetic import shape_boxes, write_h264
-from streamseg.protocol.messages import decode_frame_message
+from streamseg.protocol.messages import decode_frame_header, decode_frame_message
 
 
 async def _reader(
@@ -45,10 +49,57 @@ async def _stalled(url: str, headers: dict[str, str], seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
-async def measure(seconds: float, encoding: str) -> list[dict[str, Any]]:
+VIEWS = ("", "&scale=0.5", "&scale=0.25", "&max_side=160", "&crop=bbox", "&scale=0.5&crop=bbox")
+SLOW_MODES = {  # name -> (query, max_queue)
+    "push, max_queue 16": ("", None),
+    "push, max_queue 1": ("", 1),
+    "pull": ("&delivery=pull", None),
+}
+
+
+async def _sizes(url: str, headers: dict[str, str], count: int = 10) -> list[int]:
+    """Bytes of `count` frame messages with masks."""
+    async with websockets.connect(
+        url, additional_headers=headers, compression=None, max_size=None
+    ) as ws:
+        await ws.recv()
+        out: list[int] = []
+        while len(out) < count:
+            data = await asyncio.wait_for(ws.recv(), 5)
+            if isinstance(data, bytes) and decode_frame_header(data).tracks:
+                out.append(len(data))
+        return out
+
+
+async def _slow(
+    url: str, headers: dict[str, str], reads: int, max_queue: int | None
+) -> list[float]:
+    """Ages (now - capture time) of `reads` results read once a second; a push client
+    the server cuts off as too slow (its TCP buffers stayed full) ends early."""
+    pull = "delivery=pull" in url
+    kwargs: dict[str, Any] = {} if max_queue is None else {"max_queue": max_queue}
+    ages: list[float] = []
+    async with websockets.connect(
+        url, additional_headers=headers, compression=None, max_size=None, **kwargs
+    ) as ws:
+        await ws.recv()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(reads):
+                if pull:
+                    await ws.send('{"type": "next"}')
+                while not isinstance(data := await asyncio.wait_for(ws.recv(), 10), bytes):
+                    pass
+                ages.append(time.time() - decode_frame_header(data).times.capture_ts)
+                await asyncio.sleep(1.0)
+    return ages
+
+
+async def measure(seconds: float, encoding: str, slow_reads: int = 30) -> dict[str, Any]:
     from streamseg.server.background import running_server, server_token
 
     rows = []
+    sizes: list[dict[str, Any]] = []
+    slow: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_server(source_media_root=tmp) as (url, runtime),  # the clip is a file source
@@ -83,12 +134,33 @@ async def measure(seconds: float, encoding: str) -> list[dict[str, Any]]:
                         "latency_p99_ms": float(np.percentile(latency, 99)) * 1000,
                     }
                 )
+            for view in VIEWS:
+                got = await _sizes(ws_url + view, headers)
+                name = view.lstrip("&") or "full"
+                sizes.append({"view": name, "bytes_p50": float(np.median(got))})
+            if slow_reads > 0:
+                ages = await asyncio.gather(
+                    *(_slow(ws_url + q, headers, slow_reads, mq) for q, mq in SLOW_MODES.values())
+                )
+                fps_out = (await http.get(f"/v1/streams/{sid}")).json()["fps_out"]
+                for name, aged in zip(SLOW_MODES, ages, strict=True):
+                    p50, p95 = np.percentile(aged, [50, 95]) if aged else (np.nan, np.nan)
+                    slow.append(
+                        {
+                            "mode": name,
+                            "reads": len(aged),
+                            "age_p50_ms": float(p50) * 1000,
+                            "age_p95_ms": float(p95) * 1000,
+                            "model_period_ms": 1000 / max(fps_out, 1e-3),
+                        }
+                    )
             await http.delete(f"/v1/streams/{sid}")
-    return rows
+    return {"rows": rows, "sizes": sizes, "slow_plain_client": slow}
 
 
 def run_websocket_bench(args: argparse.Namespace) -> dict[str, Any]:
-    rows = asyncio.run(measure(args.seconds, args.encoding))
+    measured = asyncio.run(measure(args.seconds, args.encoding, args.slow_reads))
+    rows = measured["rows"]
     print("websocket fan-out (30 fps 640x480 source, 3 tracks, +1 client that never reads):")
     print(f"{'clients':>8} {'encoding':>9} {'msg/s each':>11} {'send->recv p50':>15} {'p99':>8}")
     for r in rows:
@@ -96,4 +168,15 @@ def run_websocket_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"{r['clients']:>8} {r['encoding']:>9} {r['msg_per_s_per_client']:>11.1f} "
             f"{r['latency_p50_ms']:>12.2f} ms {r['latency_p99_ms']:>5.2f} ms"
         )
-    return {"mode": "websocket", "rows": rows}
+    print(f"bytes per message ({args.encoding}, 3 tracks, 640x480):")
+    for r in measured["sizes"]:
+        print(f"{r['view']:>22} {r['bytes_p50']:>9.0f} B")
+    if measured["slow_plain_client"]:
+        print("a plain websockets client reading once a second (age = now - capture time):")
+        for r in measured["slow_plain_client"]:
+            print(
+                f"{r['mode']:>22} age p50 {r['age_p50_ms']:>7.0f} ms, p95 "
+                f"{r['age_p95_ms']:>7.0f} ms over {r['reads']} reads (model period "
+                f"{r['model_period_ms']:.0f} ms)"
+            )
+    return {"mode": "websocket", **measured}
