@@ -5,6 +5,7 @@ builds. The wire end to end is tests/e2e/test_foxglove.py."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamseg.cli import _settings_from, build_parser
+from streamseg.cli import _settings_from, build_parser, main
 from streamseg.config import Settings
 from streamseg.model.tracker import TrackResult
 from streamseg.server.app import create_app
@@ -47,6 +48,19 @@ def test_loopback_only_unless_the_flag_says_otherwise() -> None:
 def test_a_refused_address_stops_start_up() -> None:
     with pytest.raises(FoxgloveConfigError, match="beyond loopback"):
         create_app(Settings(foxglove_port=8765, foxglove_host="0.0.0.0", token="t" * 32))
+
+
+def test_serve_refuses_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--foxglove-port", "8765", "--foxglove-host", "0.0.0.0"])
+    assert code == 2
+    assert "--insecure-foxglove-on-network" in capsys.readouterr().err
+
+
+def test_without_the_sdk_start_up_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "foxglove", None)  # import foxglove -> ImportError
+    with pytest.raises(FoxgloveConfigError, match=r"streamseg\[foxglove\]"):
+        create_app(Settings(foxglove_port=8765))
+    create_app(Settings())  # off: the SDK is not needed
 
 
 def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,6 +119,7 @@ def _track(bbox: tuple[int, int, int, int] | None, present: bool = True) -> Trac
 
 
 def test_messages() -> None:
+    pytest.importorskip("foxglove")
     from foxglove.messages import Timestamp
 
     track = _track((1, 1, 4, 3))
@@ -124,6 +139,7 @@ def test_messages() -> None:
 async def test_one_slot_per_stream_drops_counted() -> None:
     """While the encoder publishes one result, newer ones replace each other in the
     stream's mailbox; only the newest is published next, the others are counted."""
+    pytest.importorskip("foxglove")
     metrics = Metrics()
     runtime: Any = SimpleNamespace(metrics=metrics, cameras={})
     bridge = FoxgloveBridge(runtime, Settings(foxglove_port=0), lambda sid: f"{sid}_frame")
