@@ -94,12 +94,12 @@ def startup_banner(settings: Settings, tokens: TokenStore) -> str:
     )
 
 
-    from streamseg.server.client_limits import uvicorn_options
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from streamseg.server.app import InsecureBindError, create_app
     from streamseg.server.auth import AuthConfigError
+    from streamseg.server.client_limits import uvicorn_options
     from streamseg.server.foxglove_bridge import FoxgloveConfigError
     from streamseg.server.serving import DrainingServer
     from streamseg.server.streams_file import StreamsFileError
