@@ -298,7 +298,9 @@ async def test_foreign_host_is_refused(server: tuple[str, Runtime], stream: str)
             _ws_url(url, stream), additional_headers={**AUTH, "Host": "evil.example"}
         ):
             pass
-    assert refused.value.response.status_code == 403
+    # h11 (the per-client limits run on it) refuses two Host headers itself; httptools
+    # passes them on and the Host check answers.
+    assert refused.value.response.status_code in (400, 403)
 
 
 async def test_foreign_origin_is_refused(server: tuple[str, Runtime], stream: str) -> None:

@@ -56,6 +56,21 @@ def _tint(frame: Any, meta: dict) -> tuple[float, float]:  # type: ignore[type-a
     return float(inside), float(rest)
 
 
+def _tinted_where_described(client: WebRTCClient, metas: list[dict]) -> int:  # type: ignore[type-arg]
+    """Checks every received frame that one of `metas` describes (paired by RTP pts):
+    tinted inside its first track's bbox, not elsewhere. Returns how many were checked."""
+    by_pts = {m["video_pts"]: m for m in metas}
+    checked = 0
+    for _, frame in list(client.frames):
+        meta = by_pts.get(frame.pts)
+        if meta is None or meta["tracks"][0]["bbox"] is None:
+            continue
+        inside, rest = _tint(frame, meta)
+        assert inside > 20 and inside > 3 * rest, (inside, rest)
+        checked += 1
+    return checked
+
+
 def _check_times_and_sources(m: dict) -> None:  # type: ignore[type-arg]
     """Each outgoing frame's own times, the times of the model step its masks come
     from, and per track whether the mask was computed on this frame."""
@@ -99,16 +114,7 @@ async def test_round_trip_prompt_overlay_metadata(server: tuple[str, Runtime]) -
         tracked = [m for m in metas if m["tracks"]]
         assert all(m["tracks"][0]["track_id"] == 1 for m in tracked)
 
-        by_pts = {m["video_pts"]: m for m in tracked}
-        compared = 0
-        for _, frame in list(client.frames):
-            meta = by_pts.get(frame.pts)
-            if meta is None or meta["tracks"][0]["bbox"] is None:
-                continue
-            inside, rest = _tint(frame, meta)
-            assert inside > 20 and inside > 3 * rest, (inside, rest)
-            compared += 1
-        assert compared >= 5
+        assert _tinted_where_described(client, tracked) >= 5
 
         reply = await client.request({"type": "remove", "track_id": 1})
         assert reply["type"] == "ack"
@@ -308,16 +314,7 @@ async def test_video_runs_at_the_camera_rate_with_a_slow_model(
         # Frames between model steps are drawn with the mask the metadata describes.
         # (Where the mask moves is checked against ground truth in tests/media/test_motion.py;
         # with random weights the model's mask is not on any particular shape.)
-        by_pts = {m["video_pts"]: m for m in propagated}
-        drawn = 0
-        for _, frame in list(client.frames):
-            meta = by_pts.get(frame.pts)
-            if meta is None or meta["tracks"][0]["bbox"] is None:
-                continue
-            inside, rest = _tint(frame, meta)
-            assert inside > 20 and inside > 3 * rest, (inside, rest)
-            drawn += 1
-        assert drawn >= 5
+        assert _tinted_where_described(client, propagated) >= 5
     finally:
         await client.close()
 
