@@ -42,10 +42,14 @@ class MotionSettings:
     min_points: int = 6
     # RANSAC inlier threshold, in working-resolution pixels.
     ransac_px: float = 1.0
+    # LK steps at most when catching up a new result over many frames.
+    max_steps: int = 8
 
     def __post_init__(self) -> None:
         if self.work_width < 32 or self.history < 2 or self.min_points < 2:
             raise ValueError("work_width >= 32, history >= 2 and min_points >= 2 required")
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
         if self.max_points < self.min_points:
             raise ValueError("max_points must be >= min_points")
 
@@ -266,7 +270,10 @@ class MaskPropagator:
         return None
 
     def _advance(self, seq: int) -> None:
-        """Follow every track's points through each recorded frame up to `seq`."""
+        """Follow every track's points through the recorded frames up to `seq`. A
+        result for a frame a model step ago is caught up in at most `max_steps` LK
+        steps over evenly spaced frames (the pyramid takes the larger moves), so the
+        outgoing frame that meets a new result is not held up for tens of steps."""
         if self._tracked_seq is None or seq <= self._tracked_seq:
             return
         with self._lock:
@@ -275,6 +282,9 @@ class MaskPropagator:
             self._tracked_seq = None  # the frames in between are gone: hold from here
             return
         settings = self.settings
+        if len(path) > settings.max_steps + 1:
+            picks = np.linspace(0, len(path) - 1, settings.max_steps + 1).round().astype(int)
+            path = [path[i] for i in sorted(set(picks.tolist()))]
         for prev, nxt in itertools.pairwise(path):
             if prev.image.shape != nxt.image.shape:
                 self._tracked_seq = None

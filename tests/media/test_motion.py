@@ -8,7 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from streamseg.media.motion import MaskPropagator, MotionSettings, fit_similarity
+from streamseg.media.motion import (
+    MaskPropagator,
+    MotionSettings,
+    PropagatedMask,
+    fit_similarity,
+)
 from streamseg.media.synthetic import MOTIONS, moving_object
 
 AGES = (1, 5, 15, 30)
@@ -31,6 +36,20 @@ def test_fit_recovers_a_known_similarity_exactly() -> None:
     np.testing.assert_allclose(fitted, truth, atol=1e-3)
 
 
+def test_a_late_result_is_caught_up_in_a_few_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result for a frame 36 frames back reaches the newest frame in at most
+    `max_steps` LK steps (the frame that meets it is not held up), within 2 px."""
+    calls = []
+    original = cv2.calcOpticalFlowPyrLK
+    monkeypatch.setattr(
+        cv2, "calcOpticalFlowPyrLK", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    propagator, _, _ = _propagate("translate", 37)
+    propagator.masks_for(36, (640, 480))
+    assert len(calls) <= propagator.settings.max_steps
+    np.testing.assert_allclose(propagator._tracks[0].affine[:, 2], (108.0, 54.0), atol=2.0)
+
+
 def test_fit_falls_back_to_a_shift_with_few_points() -> None:
     origin = np.array([[10, 10], [20, 30]], np.float32)
     fitted = fit_similarity(origin, origin + np.float32([4, -2]), min_points=6, ransac_px=1.0)
@@ -48,16 +67,24 @@ def _propagate(motion: str, frames_count: int = 31) -> tuple[MaskPropagator, lis
     return propagator, frames, masks
 
 
+def _frame_by_frame(propagator: MaskPropagator, last: int) -> list[PropagatedMask]:
+    """As live video asks: every frame in turn."""
+    placed: list[PropagatedMask] = []
+    for seq in range(1, last + 1):
+        placed = propagator.masks_for(seq, (640, 480))
+    return placed
+
+
 def test_translation_and_rotation_are_recovered() -> None:
     propagator, _, _ = _propagate("translate")
-    (placed,) = propagator.masks_for(20, (640, 480))
+    (placed,) = _frame_by_frame(propagator, 20)
     assert placed.source == "propagated" and placed.moved and placed.model_seq == 0
     affine = propagator._tracks[0].affine
     np.testing.assert_allclose(affine[:, 2], (60.0, 30.0), atol=0.5)
     np.testing.assert_allclose(affine[:, :2], np.eye(2), atol=0.01)
 
     propagator, _, _ = _propagate("rotate")
-    propagator.masks_for(20, (640, 480))
+    _frame_by_frame(propagator, 20)
     affine = propagator._tracks[0].affine
     angle = math.degrees(math.atan2(affine[0, 1], affine[0, 0]))  # OpenCV: counter-clockwise
     assert angle == pytest.approx(40.0, abs=0.5)
