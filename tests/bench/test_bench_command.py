@@ -100,7 +100,8 @@ def _check_source_rate(result: dict[str, Any], spec: dict[str, Any]) -> None:
     assert stages["overlay"]["mean"] <= video["in_to_out_ms"]["mean"]
     assert video["mask_age_ms"]["n"] == video["frames_out"] * spec["tracks"]
     assert video["mask_age_ms"]["p50"] < 2000
-    assert video["frames_out"] >= result["frames"]["frames_processed"]
+    # Over the measured window; a frame processed inside it may have gone out before it.
+    assert video["frames_out"] + spec["streams"] >= result["frames"]["frames_processed"]
     assert 0 <= video["drop_rate"] < 1
 
 
