@@ -102,6 +102,22 @@ def grey_small(image: np.ndarray, work_width: int) -> tuple[np.ndarray, float]:
     return grey, scale
 
 
+def follow(prev: np.ndarray, nxt: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`points` [N, 2] on grey frame `prev` found again on `nxt` (pyramidal LK): the
+    points that were found, and the mask of which ones they are."""
+    found, status, _ = cv2.calcOpticalFlowPyrLK(
+        prev,
+        nxt,
+        points.reshape(-1, 1, 2),
+        None,  # type: ignore[call-overload]
+        winSize=(15, 15),
+        maxLevel=3,
+        criteria=_LK_CRITERIA,
+    )
+    keep = status.reshape(-1).astype(bool)
+    return found.reshape(-1, 2)[keep], keep
+
+
 def fit_similarity(
     origin: np.ndarray, current: np.ndarray, min_points: int, ransac_px: float
 ) -> np.ndarray | None:
@@ -240,17 +256,8 @@ class MaskPropagator:
         origin = found.reshape(-1, 2).astype(np.float32)
         current = origin.copy()
         for prev, nxt in itertools.pairwise(path):
-            moved, status, _ = cv2.calcOpticalFlowPyrLK(
-                prev.image,
-                nxt.image,
-                current.reshape(-1, 1, 2),
-                None,  # type: ignore[call-overload]
-                winSize=(15, 15),
-                maxLevel=3,
-                criteria=_LK_CRITERIA,
-            )
-            keep = status.reshape(-1).astype(bool)
-            origin, current = origin[keep], moved.reshape(-1, 2)[keep]
+            current, keep = follow(prev.image, nxt.image, current)
+            origin = origin[keep]
         fitted = fit_similarity(origin, current, self.settings.min_points, self.settings.ransac_px)
         if fitted is None:
             return None
@@ -292,18 +299,8 @@ class MaskPropagator:
             for track in self._tracks:
                 if len(track.current) == 0:
                     continue
-                found, status, _ = cv2.calcOpticalFlowPyrLK(
-                    prev.image,
-                    nxt.image,
-                    track.current.reshape(-1, 1, 2),
-                    None,  # type: ignore[call-overload]
-                    winSize=(15, 15),
-                    maxLevel=3,
-                    criteria=_LK_CRITERIA,
-                )
-                keep = status.reshape(-1).astype(bool)
+                track.current, keep = follow(prev.image, nxt.image, track.current)
                 track.origin = track.origin[keep]
-                track.current = found.reshape(-1, 2)[keep]
         self._tracked_seq = path[-1].seq
         last = path[-1]
         for track in self._tracks:

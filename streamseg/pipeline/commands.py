@@ -93,6 +93,9 @@ def _onto_a_model_frame(stream: StreamSession, msg: AddPrompt) -> tuple[AddPromp
     if msg.box is not None:
         x0, y0, x1, y1 = msg.box
         corners += [(x0, y0), (x1, y1), (x0, y1), (x1, y0)]
+    width, height = tracker.frame_size(seq)
+    if not all(0 <= x <= width and 0 <= y <= height for x, y in corners):
+        return msg, False  # left for the tracker to refuse as out_of_frame, not clipped in
     mapped = placer.propagator.map_points(np.array(corners, np.float64), seq, target, msg.box)
     if mapped is None:
         return msg, False
