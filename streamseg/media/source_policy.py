@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import posixpath
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -96,7 +97,10 @@ PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(n)
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
-QUERY_SECRETS = ("pass", "pwd", "token", "secret", "key", "auth", "sig", "credential")
+QUERY_SECRETS = ("pass", "pwd", "pw", "token", "secret", "key", "auth", "sig", "credential")
+# `name=value` pieces of a path (`/user=admin&password=x&channel=1`, `;pwd=x`), a common
+# camera URL form that carries credentials outside the query.
+_PATH_PAIR = re.compile(r"(?P<key>[^/;&?=]+)=(?P<value>[^/;&?]*)")
 
 
 class Reason(StrEnum):
@@ -271,17 +275,26 @@ def redact(url: str) -> str:
         port = parts.port
     except ValueError:
         return "<unparsable URL>"
-    if password is not None:
+    if password is not None or parts.username:
         host = parts.hostname or ""
         host = f"[{host}]" if ":" in host else host
-        netloc = f"{parts.username}:***@{host}" + (f":{port}" if port else "")
+        # A user name alone may be the secret (`rtsp://TOKEN@host/`).
+        user = f"{parts.username}:***" if password is not None else "***"
+        netloc = f"{user}@{host}" + (f":{port}" if port else "")
         parts = parts._replace(netloc=netloc)
+    if "=" in parts.path:
+        parts = parts._replace(path=_PATH_PAIR.sub(_hide_secret_pair, parts.path))
     if parts.query:
         query = parse_qsl(parts.query, keep_blank_values=True)
         if any(_secret_key(k) for k, _ in query):
             hidden = [(k, "***" if _secret_key(k) else v) for k, v in query]
             parts = parts._replace(query=urlencode(hidden, safe="*"))
     return safe_text(urlunsplit(parts))
+
+
+def _hide_secret_pair(match: re.Match[str]) -> str:
+    key = match.group("key")
+    return f"{key}=***" if _secret_key(key) else match.group(0)
 
 
 def _secret_key(key: str) -> bool:

@@ -517,7 +517,11 @@ class SourceReader:
 
     def _reason(self, exc: Exception, elapsed: float) -> Reason:
         reason = reason_for(exc, timed_out=self._timed_out(exc, elapsed))
-        if reason is Reason.UNREACHABLE and (self.kind == "http" or self.parsed.tls):
+        if (
+            reason is Reason.UNREACHABLE
+            and (self.kind == "http" or self.parsed.tls)
+            and not isinstance(exc, SourceError)  # the policy refused it: never connect
+        ):
             # A bare I/O error from FFmpeg: find out whether TLS or a redirect caused it.
             o = self.options
             ca_file = default_ca_file(self.policy)

@@ -159,7 +159,9 @@ class Peer:
     # ---- inbound -------------------------------------------------------------------
 
     async def read(self, track: MediaStreamTrack) -> None:
-        """Drain aiortc's queue continuously; RGB conversion runs in the executor."""
+        """Drain aiortc's queue continuously; RGB conversion and handing the frame to
+        the stream (whose frame sinks, e.g. the source-rate placer, do per-frame image
+        work) run in the executor, never on the loop."""
         loop = asyncio.get_running_loop()
         max_side = self.runtime.settings.max_frame_side
         seq = 0
@@ -174,14 +176,15 @@ class Peer:
             if max(frame.width, frame.height) > max_side:
                 self.metrics.count_drop(self.stream.id, "too_large")
                 continue
-            start = time.perf_counter()
-            converted = await loop.run_in_executor(
-                self.executor, frame_from_av, frame, seq, recv_ts
-            )
-            self.metrics.observe_stage("rgb_convert", time.perf_counter() - start)
-            self.stream.submit_frame(converted)
+            await loop.run_in_executor(self.executor, self._submit, frame, seq, recv_ts)
             seq += 1
         await self.close()
+
+    def _submit(self, frame: av.VideoFrame, seq: int, recv_ts: float) -> None:
+        start = time.perf_counter()
+        converted = frame_from_av(frame, seq, recv_ts)
+        self.metrics.observe_stage("rgb_convert", time.perf_counter() - start)
+        self.stream.submit_frame(converted)
 
     # ---- outbound ------------------------------------------------------------------
 

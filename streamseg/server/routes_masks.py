@@ -101,10 +101,9 @@ def _find_transport(send: Any, depth: int = 0) -> _Abortable | None:
     return None
 
 
-def _abort(websocket: WebSocket) -> bool:
+def _abort(transport: _Abortable | None) -> bool:
     """Drop the connection now. A peer that stopped reading keeps its socket and the
     unsent buffer alive indefinitely after a polite close, and ASGI has no abort."""
-    transport = _find_transport(websocket._send)
     if transport is None:
         log.warning("cannot abort a stalled websocket: transport not found")
         return False
@@ -296,7 +295,7 @@ async def _close(feed: _Feed) -> None:
         except Exception:
             closed = False
     if not closed:
-        _abort(websocket)
+        _abort(cast("_Abortable | None", feed.transport))
 
 
 def _encode(camera: CameraStream, out: StreamResult, encoding: MaskEncoding | None) -> bytes:

@@ -259,3 +259,22 @@ def test_redaction_and_log_safety() -> None:
     assert redact("http://[::1/") == "<unparsable URL>"
     assert safe_text("a\r\nX-Injected: yes") == "a\\r\\nX-Injected: yes"
     assert "\n" not in redact("rtsp://cam/x\r\nX: y")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "rtsp://10.0.0.5:554/user=admin&password=hunter2&channel=1&stream=0.sdp",
+            "rtsp://10.0.0.5:554/user=admin&password=***&channel=1&stream=0.sdp",
+        ),
+        ("rtsp://cam/live;pwd=hunter2", "rtsp://cam/live;pwd=***"),
+        ("http://cam/x?pw=hunter2&ch=1", "http://cam/x?pw=***&ch=1"),
+        ("rtsp://hunter2@cam/live", "rtsp://***@cam/live"),
+        ("rtsp://cam/live/ch1", "rtsp://cam/live/ch1"),
+    ],
+)
+def test_camera_credentials_outside_the_password_field_are_hidden(url: str, shown: str) -> None:
+    """Credentials cameras carry in the path, in short query keys or as a bare user
+    name never reach the API, the audit log or a streams file."""
+    assert redact(url) == shown
