@@ -19,8 +19,11 @@ from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
 # Buckets of idle callers (full, nothing in flight) are forgotten past this many keys,
-# so callers keyed by address (authentication off) cannot grow the table.
+# so callers keyed by address (authentication off) cannot grow the table; past
+# MAX_KEYS callers that are all still refilling or in flight, a new caller is refused
+# as `busy` until one is forgotten.
 MAX_IDLE_KEYS = 1024
+MAX_KEYS = 8 * MAX_IDLE_KEYS
 
 
 def caller_key(conn: HTTPConnection) -> str:
@@ -69,6 +72,8 @@ class RestAdmission:
             bucket = self._buckets.get(key)
             if bucket is None:
                 self._forget_idle(now)
+                if len(self._buckets) >= MAX_KEYS:
+                    return "busy", 1.0
                 bucket = self._buckets[key] = _Bucket(float(self.burst), now)
             if self.rate_per_s > 0:
                 elapsed = now - bucket.stamp
