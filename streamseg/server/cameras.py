@@ -76,6 +76,11 @@ class CameraStream:
                     self._encoded[key] = cached
         return cached
 
+    def count_websocket_drop(self) -> None:
+        """Feeds drop from the inference thread (results) and the executor (frames)."""
+        with self._lock:
+            self.websocket_drops += 1
+
     def on_result(self, out: StreamResult) -> None:
         self.latest = out
         with self._lock:

@@ -196,7 +196,7 @@ async def mask_feed(
     where = "websocket" if rate == "model" else "websocket_source"
 
     def dropped(_: object) -> None:
-        camera.websocket_drops += 1
+        camera.count_websocket_drop()
         runtime.metrics.count_drop(session.id, where)
 
     # Bound 1, policy `latest`: a newer result (or frame) replaces an unsent one (counted).
