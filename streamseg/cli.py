@@ -62,6 +62,10 @@ def _settings_from(args: argparse.Namespace) -> Settings:
             overrides[name] = getattr(args, name)
     if getattr(args, "insecure_foxglove_on_network", False):
         overrides["insecure_foxglove_on_network"] = True
+    if getattr(args, "allow_image_urls", False):
+        overrides["allow_image_urls"] = True
+    if getattr(args, "image_fetch_timeout_s", None) is not None:
+        overrides["image_fetch_timeout_s"] = args.image_fetch_timeout_s
     return Settings.from_env(**overrides)
 
 
@@ -208,6 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the Foxglove server listen beyond loopback: anyone who reaches it sees "
         "every camera, with no token",
+    )
+    serve.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="let POST /v1/segment fetch an `image_url` (off by default): http/https only, "
+        "through the camera source policy (STREAMSEG_SOURCE_* settings: no loopback, "
+        "link-local or metadata addresses unless allowed), same-host redirects only, at "
+        "most --max-upload-bytes (docs/SECURITY.md)",
+    )
+    serve.add_argument(
+        "--image-fetch-timeout",
+        dest="image_fetch_timeout_s",
+        type=float,
+        default=None,
+        help="seconds for fetching one image_url, all of it (default 10)",
     )
     serve.set_defaults(func=_serve)
 

@@ -80,6 +80,10 @@ class Settings:
     source_formats: tuple[str, ...] = ()  # FFmpeg demuxers; empty: the video defaults
     source_allow_images: bool = False  # image demuxers (png_pipe, image2, mjpeg, ...)
     source_ca_file: str | None = None  # CA bundle for https/rtsps; default: the system's
+    # `image_url` on /v1/segment (media/image_fetch.py): off unless turned on; then
+    # fetched through the source policy above, at most `max_upload_bytes`, in this time.
+    allow_image_urls: bool = False
+    image_fetch_timeout_s: float = 10.0
     # Foxglove bridge (server/foxglove_bridge.py): off unless a port is given (0: any
     # free port). No authentication in that protocol, hence loopback unless the flag.
     foxglove_port: int | None = None

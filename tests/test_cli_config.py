@@ -71,3 +71,14 @@ def test_a_bad_streams_file_stops_serve_before_the_model_loads(
     assert f"{path}:3: url of 'dock': the environment variable CAM_PASSWORD is not set" in err
     monkeypatch.setenv("STREAMSEG_STREAMS_FILE", str(path))
     assert _settings_from(build_parser().parse_args(["serve"])).streams_file == str(path)
+
+
+def test_image_url_fetching_is_off_unless_turned_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    assert _settings_from(parser.parse_args(["serve"])).allow_image_urls is False
+    on = _settings_from(
+        parser.parse_args(["serve", "--allow-image-urls", "--image-fetch-timeout", "3"])
+    )
+    assert (on.allow_image_urls, on.image_fetch_timeout_s) == (True, 3.0)
+    monkeypatch.setenv("STREAMSEG_ALLOW_IMAGE_URLS", "1")
+    assert _settings_from(parser.parse_args(["serve"])).allow_image_urls is True
