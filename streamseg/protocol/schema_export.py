@@ -1,0 +1,107 @@
+"""JSON Schema of every wire message, generated from the msgspec models.
+
+One schema per message (`message_schema`, a standalone JSON Schema 2020-12 document
+that code generators and validators read on their own) and all of them as shared
+components (`components`, what the AsyncAPI document refers to). Output is plain data
+in the models' own order (field tables follow it); `asyncapi.render` writes files with
+sorted keys, so the published copies can be committed and diffed.
+
+Fixed-length arrays of one item type (a box, a point) are written with `items` plus
+`minItems`/`maxItems` rather than msgspec's `prefixItems`: both mean the same to a
+2020-12 validator, and draft-07 tools (json-schema-to-typescript, older quicktype)
+misread `prefixItems` (json-schema-to-typescript makes a box `never[]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+COMPONENT_REF = "#/components/schemas/{name}"
+Sender = Literal["client", "server"]
+
+
+@dataclass(frozen=True, slots=True)
+class WireMessage:
+    """One message of the protocol: its published name (file name, AsyncAPI message
+    id), the msgspec type that decodes it, who sends it and on which channels."""
+
+    name: str
+    model: Any
+    title: str
+    summary: str
+    sender: Sender
+    channels: tuple[str, ...]
+    binary: bool = False  # the websocket frame: length prefix + this header + mask bytes
+
+
+def portable(schema: Any) -> Any:
+    """`schema` with every homogeneous fixed-length `prefixItems` tuple written as
+    `items` + `minItems`/`maxItems` (same meaning; readable by draft-07 tools)."""
+    if isinstance(schema, list):
+        return [portable(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: portable(v) for k, v in schema.items()}
+    prefix = out.get("prefixItems")
+    if (
+        isinstance(prefix, list)
+        and prefix
+        and all(p == prefix[0] for p in prefix)
+        and out.get("items") is False
+        and out.get("minItems") == out.get("maxItems") == len(prefix)
+    ):
+        del out["prefixItems"]
+        out["items"] = prefix[0]
+    return out
+
+
+def components(
+    messages: Sequence[WireMessage], ref_template: str = COMPONENT_REF
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the schema of each message by name, the shared component schemas), with
+    references written with `ref_template`."""
+    roots, defs = msgspec.json.schema_components(
+        [m.model for m in messages], ref_template=ref_template
+    )
+    by_name = {m.name: portable(root) for m, root in zip(messages, roots, strict=True)}
+    return by_name, portable(defs)
+
+
+def _references(value: Any, ref: str) -> bool:
+    if isinstance(value, dict):
+        return value.get("$ref") == ref or any(_references(v, ref) for v in value.values())
+    if isinstance(value, list):
+        return any(_references(v, ref) for v in value)
+    return False
+
+
+def message_schema(message: WireMessage) -> dict[str, Any]:
+    """A standalone JSON Schema document for one message: the root is the message's
+    own schema (inlined when it is one model), the models it uses under `$defs`."""
+    (root,), defs = (
+        portable(part)
+        for part in msgspec.json.schema_components([message.model], ref_template="#/$defs/{name}")
+    )
+    target = root.get("$ref", "") if set(root) == {"$ref"} else ""
+    name = target.removeprefix("#/$defs/")
+    if name in defs and not _references(defs, target):
+        root = defs.pop(name)
+    document: dict[str, Any] = {
+        "$schema": JSON_SCHEMA_DIALECT,
+        **root,
+        "title": message.title,
+        "description": _description(message, root),
+    }
+    if defs:
+        document["$defs"] = defs
+    return document
+
+
+def _description(message: WireMessage, root: dict[str, Any]) -> str:
+    own = root.get("description")
+    return message.summary if not own else f"{message.summary}\n\n{own}"
