@@ -17,7 +17,7 @@ A URL from a client makes the server a client of whatever it names, so:
   bound), so the bytes counted are the bytes decoded;
 - one deadline for all of it (DNS, connect, TLS, redirects, body);
 - every failure is a `FetchError` with a fixed code and `Reason`, and a message that
-  names the URL only as `redact()` writes it.
+  names a URL only as `shown_url()` writes it (no credentials, no query).
 
 The URL rules and the redirect rule are pure functions; `fetch_image` does the I/O on
 the event loop (DNS in the loop's executor), so a slow server never blocks it."""
@@ -113,6 +113,14 @@ def parse_image_url(url: str, policy: SourcePolicy) -> httpx.URL:
     return parsed
 
 
+def shown_url(url: str | httpx.URL) -> str:
+    """A URL for messages and logs: credentials hidden (`redact`) and no query or
+    fragment, which may carry signatures in forms `redact` cannot recognise."""
+    text = str(url).split("#", 1)[0]
+    base, has_query, _ = text.partition("?")
+    return redact(base) + ("?..." if has_query else "")
+
+
 def port_of(url: httpx.URL) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
 
@@ -144,7 +152,7 @@ def redirect_target(current: httpx.URL, location: str | None) -> httpx.URL:
     if not (same_origin or upgrade):
         raise FetchError(
             "redirect_refused",
-            f"the image URL redirects to {redact(str(target))}; only redirects to the "
+            f"the image URL redirects to {shown_url(target)}; only redirects to the "
             "same host are followed",
             Reason.REDIRECT,
         )

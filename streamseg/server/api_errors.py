@@ -21,6 +21,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamseg.protocol.prompts import PromptLimits
+from streamseg.protocol.segment_request import BASE64_PATTERN
+from streamseg.protocol.segment_request import request_schema as common_request_schema
 
 # ---- the shape ---------------------------------------------------------------------------
 
@@ -35,7 +37,9 @@ class ErrorDetail(BaseModel):
     field: str | None = Field(
         None, description="`bad_field`: the refused field, dotted (`options.interval`)"
     )
-    reason: str | None = Field(None, description="`bad_url`: the source policy's reason")
+    reason: str | None = Field(
+        None, description="`bad_url` and image URL fetch codes: the source policy's reason"
+    )
     request_id: str | None = Field(
         None, description="`internal`: the id under which the server logged the failure"
     )
@@ -234,9 +238,19 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, tuple[str, ...]]] = {
         503: NOT_READY,
     },
     ("POST", "/v1/segment"): {
+        403: ("fetch_disabled", "source_forbidden"),  # image_url (media/image_fetch.py)
         413: ("too_large",),
         415: ("not_an_image",),
-        422: ("missing_image", "bad_base64", "bad_multipart", *IMAGE_PROMPT_CODES),
+        422: (
+            "missing_image",
+            "bad_base64",
+            "bad_multipart",
+            *IMAGE_PROMPT_CODES,
+            "bad_url",
+            "redirect_refused",
+            "fetch_failed",
+            "timeout",
+        ),
         429: REST_LIMITS,
         503: WORKER,
     },
@@ -341,7 +355,6 @@ def error_responses(method: str, path: str) -> dict[int | str, dict[str, Any]]:
 # ---- request bodies the routes read by hand ---------------------------------------------
 
 _NUMBER = {"type": "number"}
-_B64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _SEQ_MAX = 2**63 - 1
 
 
@@ -417,7 +430,7 @@ def _image_body(
     json_props: dict[str, Any] = {
         "image_base64": {
             "type": "string",
-            "pattern": _B64,
+            "pattern": BASE64_PATTERN,
             "contentEncoding": "base64",
             "contentMediaType": "image/*",
             "description": "the image file (PNG, JPEG, ...) in base64",
@@ -460,6 +473,14 @@ def _image_body(
             },
         }
     }
+
+
+def _with_common_shape(body: dict[str, Any], max_prompts: int) -> dict[str, Any]:
+    """/v1/segment's JSON body: the native shape, or the common one of SAM deployment
+    guides (`protocol/segment_request.py`)."""
+    media = body["requestBody"]["content"]["application/json"]
+    media["schema"] = {"oneOf": [media["schema"], common_request_schema(max_prompts)]}
+    return body
 
 
 def _cached_segment_body(max_prompts: int, max_points: int) -> dict[str, Any]:
@@ -539,7 +560,9 @@ def request_bodies(
     points = PromptLimits().max_points
     message_bytes = stream_limits.max_message_bytes
     return {
-        ("POST", "/v1/segment"): _image_body(max_prompts, points, True, max_upload_bytes),
+        ("POST", "/v1/segment"): _with_common_shape(
+            _image_body(max_prompts, points, True, max_upload_bytes), max_prompts
+        ),
         ("POST", "/v1/images"): _image_body(max_prompts, points, False, max_upload_bytes),
         ("POST", "/v1/images/{image_id}/segment"): _cached_segment_body(max_prompts, points),
         ("POST", "/v1/streams/{stream_id}/prompts"): {

@@ -1,6 +1,12 @@
 """The seed's cloud API: segment an image from points and boxes, optionally keeping
 its embedding so follow-up prompts skip the image encoder.
 
+/v1/segment also takes the common request shape of SAM deployment guides (`image_url`
+or `image_base64`, typed prompts; `protocol/segment_request.py`) and answers it in
+the common answer shape; an `image_url` is fetched by `media/image_fetch.py` when the
+server allows it. Both shapes share the limits, the prompt validation and the model
+path.
+
 Every refusal is `{"detail": {"code": ..., "message": ...}}` with a 4xx status."""
 
 from __future__ import annotations
@@ -9,8 +15,10 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 from typing import Any, NoReturn
 
+import msgspec
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import HTTPException
@@ -18,16 +26,30 @@ from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from streamseg.media.image_fetch import FetchError, FetchLimits, fetch_image, shown_url
+from streamseg.media.source_policy import policy_from_settings
 from streamseg.model.errors import InvalidPromptError
 from streamseg.model.segmenter import ImageEmbedding, ImagePrompt, SegmentMask
 from streamseg.pipeline.worker import RestQueueFullError, WorkerBusyError, WorkerStoppedError
 from streamseg.protocol import strictjson
-from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
+from streamseg.protocol.segment_request import (
+    CommonSegmentAnswer,
+    CommonSegmentRequest,
+    RequestError,
+    SegmentAnswer,
+    answer_schema,
+    common_mask,
+    decode_request,
+    inline_schema,
+    is_common_request,
+    native_mask,
+)
 from streamseg.server.rest_limits import caller_key, rest_admission
 from streamseg.server.runtime import Runtime
 from streamseg.server.security import requires
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["segment"])
 MASK_FORMATS = ("png", "rle")
 IMAGE_PROMPT_FIELDS = {"points", "labels", "box"}  # no frames or tracks on an image
@@ -46,9 +68,13 @@ _UPRIGHT = {
 }
 
 
-def _refuse(runtime: Runtime, status: int, code: str, message: str) -> NoReturn:
+def _refuse(
+    runtime: Runtime, status: int, code: str, message: str, **extra: str | None
+) -> NoReturn:
     runtime.metrics.requests_rejected.labels(code).inc()
-    raise HTTPException(status, {"code": code, "message": message})
+    detail = {"code": code, "message": message}
+    detail.update({k: v for k, v in extra.items() if v is not None})
+    raise HTTPException(status, detail)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -107,14 +133,20 @@ async def _json(runtime: Runtime, raw: str | bytes, what: str) -> Any:
         _refuse(runtime, 422, "bad_json", f"{what} is refused: {exc}")
 
 
-async def _inputs(
-    request: Request, runtime: Runtime, need_prompts: bool
-) -> tuple[np.ndarray, list[ImagePrompt], str]:
+async def _body_fields(request: Request, runtime: Runtime) -> tuple[bool, Any]:
+    """(multipart?, the parsed JSON body): the body is read once, bounded; a multipart
+    body is parsed by `_inputs` from the bytes kept on the request."""
     body = await _read_body(request, runtime)
-    content_type = request.headers.get("content-type", "")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return True, None
+    return False, await _json(runtime, body, "the body")
+
+
+async def _inputs(
+    request: Request, runtime: Runtime, need_prompts: bool, multipart: bool, fields: Any
+) -> tuple[np.ndarray, list[ImagePrompt], str]:
     allowed = {"image", "prompts", "mask_format"} if need_prompts else {"image"}
-    fields: dict[str, Any]
-    if content_type.startswith("multipart/form-data"):
+    if multipart:
         try:
             form = await request.form()
         except StarletteHTTPException as exc:  # its 400 "Invalid multipart data."
@@ -130,22 +162,30 @@ async def _inputs(
         if isinstance(fields["prompts"], str):
             fields["prompts"] = await _json(runtime, fields["prompts"], "'prompts'")
     else:
-        fields = await _json(runtime, body, "the body")
         if not isinstance(fields, dict) or not isinstance(fields.get("image_base64"), str):
             _refuse(runtime, 422, "missing_image", "JSON body needs 'image_base64'")
         _only(runtime, fields, {"image_base64", *allowed} - {"image"}, "field")
-        try:
-            raw_image = base64.b64decode(fields["image_base64"], validate=True)
-        except (binascii.Error, ValueError):
-            _refuse(runtime, 422, "bad_base64", "'image_base64' is not valid base64")
+        raw_image = _base64(runtime, fields["image_base64"])
+    image = await _decoded(runtime, raw_image, "the upload")
+    prompts = _prompts(runtime, fields.get("prompts"), need_prompts)
+    return image, prompts, _mask_format(runtime, fields.get("mask_format"))
+
+
+def _base64(runtime: Runtime, text: str) -> bytes:
     try:
-        image = await asyncio.to_thread(_decode_image, raw_image, runtime.settings.max_frame_side)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        _refuse(runtime, 422, "bad_base64", "'image_base64' is not valid base64")
+
+
+async def _decoded(runtime: Runtime, raw_image: bytes, what: str) -> np.ndarray:
+    """The image's pixels off the loop: 413 beyond the size limit, 415 if not an image."""
+    try:
+        return await asyncio.to_thread(_decode_image, raw_image, runtime.settings.max_frame_side)
     except ValueError as exc:
         _refuse(runtime, 413, "too_large", str(exc))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        _refuse(runtime, 415, "not_an_image", "the upload is not a decodable image")
-    prompts = _prompts(runtime, fields.get("prompts"), need_prompts)
-    return image, prompts, _mask_format(runtime, fields.get("mask_format"))
+        _refuse(runtime, 415, "not_an_image", f"{what} is not a decodable image")
 
 
 def _only(runtime: Runtime, names: Any, allowed: set[str], what: str) -> None:
@@ -206,42 +246,33 @@ async def _on_worker(runtime: Runtime, fn: Any) -> Any:
         _refuse(runtime, 422, exc.code, str(exc))  # out_of_frame, too_many_points, ...
 
 
-def _mask_json(mask: SegmentMask, fmt: str) -> dict[str, Any]:
-    encoded: Any
-    if fmt == "rle":
-        encoded = rle_encode(mask.mask)
-    else:
-        encoded = base64.b64encode(encode_mask(mask.mask, MaskEncoding.PNG)).decode()
-    return {
-        "mask": encoded,
-        "format": fmt,
-        "score": mask.score,
-        "object_score": mask.object_score,
-        "bbox": mask.bbox,
-        "area": mask.area,
-    }
-
-
-def _response(
+def _native_answer(
     embedding: ImageEmbedding, masks: list[SegmentMask], decoder_s: float, fmt: str, cached: bool
-) -> dict[str, Any]:
+) -> Response:
     encoder_ms = 0.0 if cached else embedding.encoder_s * 1000
-    return {
-        "width": embedding.width,
-        "height": embedding.height,
-        "masks": [_mask_json(m, fmt) for m in masks],
-        "cached": cached,
-        "encoder_ms": encoder_ms,
-        "decoder_ms": decoder_s * 1000,
-        "inference_time_ms": encoder_ms + decoder_s * 1000,
-    }
+    answer = SegmentAnswer(
+        width=embedding.width,
+        height=embedding.height,
+        masks=[native_mask(m.mask, fmt, m.score, m.object_score, m.bbox, m.area) for m in masks],
+        cached=cached,
+        encoder_ms=encoder_ms,
+        decoder_ms=decoder_s * 1000,
+        inference_time_ms=encoder_ms + decoder_s * 1000,
+    )
+    return _json_response(answer)
 
 
-@router.post("/segment", dependencies=[requires("control", uploads=True), rest_admission()])
-async def segment(request: Request) -> dict[str, Any]:
-    """Image (multipart `image` or JSON `image_base64`) + `prompts` -> one mask each."""
-    runtime = _runtime(request)
-    image, prompts, fmt = await _inputs(request, runtime, need_prompts=True)
+def _json_response(answer: msgspec.Struct) -> Response:
+    return Response(msgspec.json.encode(answer), media_type="application/json")
+
+
+def _answers(schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"application/json": {"schema": schema}}}}
+
+
+async def _encode_and_segment(
+    runtime: Runtime, image: np.ndarray, prompts: list[ImagePrompt]
+) -> tuple[ImageEmbedding, list[SegmentMask], float]:
     seg = runtime.segmenter
     assert seg is not None
 
@@ -250,8 +281,71 @@ async def segment(request: Request) -> dict[str, Any]:
         masks, decoder_s = seg.segment(embedding, prompts)
         return embedding, masks, decoder_s
 
-    embedding, masks, decoder_s = await _on_worker(runtime, run)
-    return _response(embedding, masks, decoder_s, fmt, cached=False)
+    result: tuple[ImageEmbedding, list[SegmentMask], float] = await _on_worker(runtime, run)
+    return result
+
+
+@router.post(
+    "/segment",
+    dependencies=[requires("control", uploads=True), rest_admission()],
+    responses=_answers(answer_schema()),
+)
+async def segment(request: Request) -> Response:
+    """Image (multipart `image` or JSON `image_base64`) + `prompts` -> one mask each.
+
+    Or the common request shape: `image_url` (fetched when the server allows it) or
+    `image_base64`, and typed prompts (`{"type": "point", "x", "y", "label"}`,
+    `{"type": "box", "bbox"}`); answered as `{"masks": [{"mask", "score", "bbox"}],
+    "inference_time_ms", "width", "height"}`, each `mask` a base64 1-bit PNG."""
+    runtime = _runtime(request)
+    multipart, fields = await _body_fields(request, runtime)
+    if not multipart and isinstance(fields, dict) and is_common_request(fields):
+        return await _segment_common(runtime, fields)
+    image, prompts, fmt = await _inputs(request, runtime, True, multipart, fields)
+    embedding, masks, decoder_s = await _encode_and_segment(runtime, image, prompts)
+    return _native_answer(embedding, masks, decoder_s, fmt, cached=False)
+
+
+async def _segment_common(runtime: Runtime, fields: dict[str, Any]) -> Response:
+    try:
+        request = decode_request(fields, runtime.settings.max_prompts_per_request)
+        add_prompts = request.add_prompts()
+    except RequestError as exc:
+        _refuse(runtime, 422, exc.code, str(exc), field=exc.field)
+    raw_image = await _common_image(runtime, request)
+    image = await _decoded(runtime, raw_image, "the image")
+    prompts = [ImagePrompt(p.points, p.labels, p.box) for p in add_prompts]
+    embedding, masks, decoder_s = await _encode_and_segment(runtime, image, prompts)
+    answer = CommonSegmentAnswer(
+        masks=[common_mask(m.mask, m.score, m.bbox) for m in masks],
+        inference_time_ms=embedding.encoder_s * 1000 + decoder_s * 1000,
+        width=embedding.width,
+        height=embedding.height,
+    )
+    return _json_response(answer)
+
+
+async def _common_image(runtime: Runtime, request: CommonSegmentRequest) -> bytes:
+    """The image's bytes: decoded from base64, or fetched from `image_url`."""
+    if isinstance(request.image_base64, str):
+        return _base64(runtime, request.image_base64)
+    url = str(request.image_url)
+    settings = runtime.settings
+    if not settings.allow_image_urls:
+        _refuse(
+            runtime,
+            403,
+            "fetch_disabled",
+            "this server does not fetch image URLs: send the image as 'image_base64', or "
+            "start the server with --allow-image-urls (STREAMSEG_ALLOW_IMAGE_URLS=1)",
+            field="image_url",
+        )
+    limits = FetchLimits(settings.max_upload_bytes, settings.image_fetch_timeout_s)
+    try:
+        return await fetch_image(url, policy_from_settings(settings), limits)
+    except FetchError as exc:
+        log.info("image_url %s not fetched: %s (%s)", shown_url(url), exc.code, exc.reason.value)
+        _refuse(runtime, exc.status, exc.code, str(exc), field="image_url", reason=exc.reason.value)
 
 
 @router.post(
@@ -260,7 +354,8 @@ async def segment(request: Request) -> dict[str, Any]:
 async def add_image(request: Request) -> dict[str, Any]:
     """Encode an image once; segment it later with /v1/images/{image_id}/segment."""
     runtime = _runtime(request)
-    image, _, _ = await _inputs(request, runtime, need_prompts=False)
+    multipart, fields = await _body_fields(request, runtime)
+    image, _, _ = await _inputs(request, runtime, False, multipart, fields)
     seg, cache = runtime.segmenter, runtime.embeddings
     assert seg is not None and cache is not None
     embedding: ImageEmbedding = await _on_worker(runtime, lambda: seg.encode(image))
@@ -274,8 +369,12 @@ async def add_image(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/images/{image_id}/segment", dependencies=[requires("control"), rest_admission()])
-async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
+@router.post(
+    "/images/{image_id}/segment",
+    dependencies=[requires("control"), rest_admission()],
+    responses=_answers(inline_schema(SegmentAnswer)),
+)
+async def segment_cached(image_id: str, request: Request) -> Response:
     runtime = _runtime(request)
     cache, seg = runtime.embeddings, runtime.segmenter
     assert cache is not None and seg is not None
@@ -290,7 +389,7 @@ async def segment_cached(image_id: str, request: Request) -> dict[str, Any]:
     prompts = _prompts(runtime, fields.get("prompts"), required=True)
     fmt = _mask_format(runtime, fields.get("mask_format"))
     masks, decoder_s = await _on_worker(runtime, lambda: seg.segment(embedding, prompts))
-    return _response(embedding, masks, decoder_s, fmt, cached=True)
+    return _native_answer(embedding, masks, decoder_s, fmt, cached=True)
 
 
 @router.delete("/images/{image_id}", status_code=204, dependencies=[requires("control")])

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import ssl
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from streamseg.media.image_fetch import (
     FetchError,
@@ -27,128 +19,15 @@ from streamseg.media.image_fetch import (
     host_header,
     parse_image_url,
     redirect_target,
+    shown_url,
     status_refusal,
 )
 from streamseg.media.source_policy import HostRule, Reason, SourcePolicy
+from tests.image_server import PNG, Seen, image_server
 from tests.source_servers import TcpRecorder, self_signed
 
 LOOPBACK = SourcePolicy(allow_loopback=True)
 LIMITS = FetchLimits(max_bytes=100_000, timeout_s=5.0)
-
-
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-PNG = _png()
-
-
-@dataclass
-class Seen:
-    """What the server received and how much body it managed to send."""
-
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host)
-    sent: dict[str, int] = field(default_factory=dict)
-    broken: threading.Event = field(default_factory=threading.Event)
-
-
-class _Images(BaseHTTPRequestHandler):
-    """`/img.png`; `/redirect?<location>` (302); `/status/<n>`; `/gzip`; `/declared-huge`
-    (a 1 GB Content-Length, body held back 3 s); `/endless` (chunked, no length, until
-    the client leaves); `/slow` (a byte every 0.2 s)."""
-
-    protocol_version = "HTTP/1.1"
-    seen: Seen
-
-    def do_GET(self) -> None:
-        self.seen.requests.append((self.path, self.headers.get("Host", "")))
-        path, _, query = self.path.partition("?")
-        try:
-            if path == "/img.png":
-                self._answer(200, PNG, {"Content-Type": "image/png"})
-            elif path == "/redirect":
-                self._answer(302, b"", {"Location": query})
-            elif path.startswith("/status/"):
-                self._answer(int(path.rsplit("/", 1)[1]), b"no")
-            elif path == "/gzip":
-                self._answer(200, PNG, {"Content-Encoding": "gzip"})
-            elif path == "/declared-huge":
-                self._declared_huge()
-            elif path == "/endless":
-                self._endless()
-            elif path == "/slow":
-                self._slow()
-            else:
-                self._answer(404, b"")
-        except OSError:
-            self.seen.broken.set()
-
-    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _declared_huge(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(10**9))
-        self.end_headers()
-        self.wfile.flush()
-        time.sleep(3)
-        self._send_until_broken("/declared-huge", lambda block: block)
-
-    def _endless(self) -> None:
-        self.send_response(200)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self._send_until_broken("/endless", lambda block: b"%x\r\n%s\r\n" % (len(block), block))
-
-    def _send_until_broken(self, name: str, frame: object) -> None:
-        block = b"\xff" * 16384
-        self.seen.sent[name] = 0
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            self.wfile.write(frame(block))  # type: ignore[operator]
-            self.seen.sent[name] += len(block)
-
-    def _slow(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "1000")
-        self.end_headers()
-        for _ in range(1000):
-            self.wfile.write(b"x")
-            self.wfile.flush()
-            time.sleep(0.2)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def image_server(cert: tuple[Path, Path] | None = None) -> Iterator[tuple[str, int, Seen]]:
-    """Yields the base URL on 127.0.0.1, the port and what the server saw."""
-    seen = Seen()
-    handler = type("Handler", (_Images,), {"seen": seen})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    scheme = "http"
-    if cert is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(cert[0]), str(cert[1]))
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-        scheme = "https"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    port = int(httpd.server_address[1])
-    try:
-        yield f"{scheme}://127.0.0.1:{port}", port, seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture
@@ -403,3 +282,5 @@ def test_url_text_rules() -> None:
     assert parse_image_url("HTTP://Cam.Example/x", SourcePolicy()).host == "cam.example"
     assert host_header(httpx.URL("http://[::1]:8080/")) == "[::1]:8080"
     assert host_header(httpx.URL("https://cam.example:443/")) == "cam.example"
+    shown = shown_url("http://u:pw1@cam.example/a.jpg?next=http://v:pw2@x/#t=pw3")
+    assert shown == "http://u:***@cam.example/a.jpg?..."

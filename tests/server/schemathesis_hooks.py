@@ -23,7 +23,16 @@ PROMPT_SEMANTICS = {
 SEMANTIC: dict[tuple[str, str], set[tuple[int, str]]] = {
     ("POST", "/v1/streams"): {(422, "bad_url"), (422, "id_required"), (422, "secret_in_url")},
     ("POST", "/v1/webrtc/offer"): {(400, "bad_offer")},
-    ("POST", "/v1/segment"): {(413, "too_large"), (415, "not_an_image"), *PROMPT_SEMANTICS},
+    ("POST", "/v1/segment"): {
+        (413, "too_large"),
+        (415, "not_an_image"),
+        *PROMPT_SEMANTICS,
+        # image_url: what the URL answers (or not), or where it redirects
+        (422, "bad_url"),
+        (422, "fetch_failed"),
+        (422, "redirect_refused"),
+        (422, "timeout"),
+    },
     ("POST", "/v1/images"): {(413, "too_large"), (415, "not_an_image")},
     ("POST", "/v1/images/{image_id}/segment"): PROMPT_SEMANTICS,
     ("POST", "/v1/streams/{stream_id}/prompts"): {
