@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.source_servers import serving
 
 
 def _png() -> bytes:
@@ -119,19 +120,5 @@ def image_server(
     seen = Seen()
     served = {"/img.png": PNG, **(files or {})}
     handler = type("Handler", (_Images,), {"seen": seen, "files": served})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    scheme = "http"
-    if cert is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(cert[0]), str(cert[1]))
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-        scheme = "https"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    port = int(httpd.server_address[1])
-    try:
-        yield f"{scheme}://127.0.0.1:{port}", port, seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(handler, cert) as base:
+        yield base, int(base.rsplit(":", 1)[1]), seen

@@ -12,9 +12,10 @@ import ssl
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from socketserver import BaseRequestHandler
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -87,7 +88,17 @@ def http_server(
     requests: list[str] = []
     handler_class = type("Handler", (_Handler,), {"redirect_to": redirect_to, "requests": requests})
     handler = functools.partial(handler_class, directory=str(root))
+    with serving(handler, cert) as base:
+        yield base, requests
+
+
+@contextlib.contextmanager
+def serving(
+    handler: Callable[..., BaseRequestHandler], cert: tuple[Path, Path] | None
+) -> Iterator[str]:
+    """`handler` served on 127.0.0.1 in a thread (TLS with `cert`); yields the base URL."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
     scheme = "http"
     if cert is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -97,7 +108,7 @@ def http_server(
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"{scheme}://127.0.0.1:{httpd.server_address[1]}", requests
+        yield f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
