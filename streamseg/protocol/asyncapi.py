@@ -28,7 +28,7 @@ from streamseg.protocol.messages import (
     SCHEMA_REVISION,
     SCHEMA_VERSION,
 )
-from streamseg.protocol.schema_export import WireMessage, components
+from streamseg.protocol.schema_export import Rules, WireMessage, components
 
 ASYNCAPI_VERSION = "3.0.0"
 MASK_FEED = "maskFeed"
@@ -366,11 +366,13 @@ def asyncapi_schema(schema: Any) -> Any:
     return out
 
 
-def asyncapi_document(messages: Sequence[WireMessage]) -> dict[str, Any]:
+def asyncapi_document(
+    messages: Sequence[WireMessage], rules: Rules | None = None
+) -> dict[str, Any]:
     """The whole document for `messages` (the protocol's catalogue: `catalogue()`);
     messages on no channel (schema files only) are left out."""
     messages = [m for m in messages if m.channels]
-    roots, defs = (asyncapi_schema(part) for part in components(messages))
+    roots, defs = (asyncapi_schema(part) for part in components(messages, rules))
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for name in (MASK_FEED, DATA_CHANNEL):

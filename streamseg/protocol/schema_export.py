@@ -14,7 +14,7 @@ misread `prefixItems` (json-schema-to-typescript makes a box `never[]`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,8 +60,17 @@ def portable(schema: Any) -> Any:
     return out
 
 
+Rules = Mapping[str, Mapping[str, Any]]
+"""Keywords added to a model's schema by the model's name: rules across fields that a
+msgspec type cannot carry (a prompt needs points or a box)."""
+
+
+def _with_rules(defs: dict[str, Any], rules: Rules) -> dict[str, Any]:
+    return {name: {**schema, **rules.get(name, {})} for name, schema in defs.items()}
+
+
 def components(
-    messages: Sequence[WireMessage], ref_template: str = COMPONENT_REF
+    messages: Sequence[WireMessage], rules: Rules | None = None, ref_template: str = COMPONENT_REF
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the schema of each message by name, the shared component schemas), with
     references written with `ref_template`."""
@@ -69,7 +78,7 @@ def components(
         [m.model for m in messages], ref_template=ref_template
     )
     by_name = {m.name: portable(root) for m, root in zip(messages, roots, strict=True)}
-    return by_name, portable(defs)
+    return by_name, _with_rules(portable(defs), rules or {})
 
 
 def _references(value: Any, ref: str) -> bool:
@@ -80,13 +89,14 @@ def _references(value: Any, ref: str) -> bool:
     return False
 
 
-def message_schema(message: WireMessage) -> dict[str, Any]:
+def message_schema(message: WireMessage, rules: Rules | None = None) -> dict[str, Any]:
     """A standalone JSON Schema document for one message: the root is the message's
     own schema (inlined when it is one model), the models it uses under `$defs`."""
     (root,), defs = (
         portable(part)
         for part in msgspec.json.schema_components([message.model], ref_template="#/$defs/{name}")
     )
+    defs = _with_rules(defs, rules or {})
     target = root.get("$ref", "") if set(root) == {"$ref"} else ""
     name = target.removeprefix("#/$defs/")
     if name in defs and not _references(defs, target):
