@@ -244,7 +244,7 @@ class Peer:
             async with self._order:
                 result = await self.apply(msg)
         except (PromptError, TrackerError) as exc:
-            self._reply(error_message(exc.code, str(exc), request_id))
+            self._reply(error_message(exc.code, str(exc), request_id, getattr(exc, "field", None)))
         except WorkerBusyError as exc:
             self._reply(error_message("busy", str(exc), request_id))
         except WorkerStoppedError as exc:

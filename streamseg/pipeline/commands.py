@@ -3,9 +3,9 @@ the inference thread; one implementation for every surface."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from streamseg.model.errors import FutureFrameError
@@ -109,4 +109,4 @@ def _onto_a_model_frame(stream: StreamSession, msg: AddPrompt) -> tuple[AddPromp
         if hi[0] - lo[0] < 1 or hi[1] - lo[1] < 1:
             return msg, False
         box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-    return dataclasses.replace(msg, points=points, box=box, frame_seq=target), True
+    return msgspec.structs.replace(msg, points=points, box=box, frame_seq=target), True

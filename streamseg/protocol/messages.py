@@ -7,23 +7,26 @@ inline. Control messages (hello, error, ack) are text JSON. Every message carrie
 ``"v"`` so a client can refuse a server it does not understand instead of misreading it.
 
 Decoders ignore fields they do not know, so v1 can gain optional fields without a bump;
-removing or changing the meaning of a field needs a new `SCHEMA_VERSION`.
+removing or changing the meaning of a field needs a new `SCHEMA_VERSION`. The wire
+form of each message is declared in `streamseg.protocol.models`; decoding validates
+against it, and the tests hold every encoder's output to it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from dataclasses import asdict
+from typing import Any
 
+import msgspec
 import numpy as np
 
+from streamseg.protocol import explain, models, strictjson
 from streamseg.protocol.masks import (
     MaskCodecError,
     MaskEncoding,
@@ -35,20 +38,12 @@ from streamseg.protocol.masks import (
     rle_encode,
     shrink_mask,
 )
+from streamseg.protocol.models import SCHEMA_REVISION, SCHEMA_VERSION
 from streamseg.protocol.prompts import PromptLimits
+from streamseg.protocol.server_models import SOURCE_STATES, CaptureSource, MaskSource
 
-SCHEMA_VERSION = 1
-# Optional additions within v1, which older v1 clients ignore: 2 = per-track `source`,
-# `model_seq` and `age_ms` (masks carried forward between model steps); 3 = `hello`
-# carries `rev`, `boot_id` and `epoch`, and `event` messages (state, lost/found) for
-# clients that ask for them with `?events=` (so older clients never see the new type);
-# 4 = frame headers carry `mask_width`/`mask_height` (the grid masks are sent on, smaller
-# than the frame with `?scale=`/`?max_side=`), `mask_crop` and per-track `mask_box` (each
-# mask cropped to its box with `?crop=bbox`); `hello` says `delivery`, `scale`,
-# `max_side` and `crop`. Full-frame masks, as before, unless a client asks.
-SCHEMA_REVISION = 4
-MaskSource = Literal["model", "propagated"]
-_MASK_SOURCES: tuple[MaskSource, ...] = ("model", "propagated")
+__all__ = ["SCHEMA_REVISION", "SCHEMA_VERSION"]  # and everything public below
+
 HEADER_LENGTH = struct.Struct(">I")
 _EMPTY_RLE = {"size": [0, 0], "counts": ""}  # a cropped empty mask on the data channel
 # Websocket close codes of the mask feed (4000-4999 are the application's).
@@ -60,11 +55,13 @@ CLOSE_NORMAL = 1000  # the client closed, or the server ended the feed normally
 CLOSE_SHUTDOWN = 1012  # the server is shutting down or restarting: reconnect later
 # Events a websocket client may ask for with `?events=`.
 EVENT_KINDS = ("state", "tracks")
-SOURCE_STATES = ("connecting", "streaming", "stalled", "reconnecting", "error", "stopped")
 TRACK_EVENTS = ("lost", "found")
-CaptureSource = Literal["stream", "receive"]
-_CAPTURE_SOURCES: tuple[CaptureSource, ...] = ("stream", "receive")
-_SERVER_TYPES = frozenset({"hello", "error", "ack", "frame", "event"})
+_SERVER_TYPES: dict[str, type[msgspec.Struct]] = {
+    "hello": models.Hello,
+    "error": models.Error,
+    "ack": models.Ack,
+    "frame": models.DataChannelFrame,
+}
 
 
 class MessageError(ValueError):
@@ -76,8 +73,7 @@ class UnknownMessageType(MessageError):
     it (a newer server's addition) rather than fail."""
 
 
-@dataclass(frozen=True, slots=True)
-class TrackResultMeta:
+class TrackResultMeta(msgspec.Struct, frozen=True):
     """One track on one frame. ``score`` is the decoder's predicted IoU of the mask,
     ``object_score`` the probability the object is in the frame at all. ``source`` says
     whether the model computed the mask on this very frame or it was carried forward
@@ -97,8 +93,7 @@ class TrackResultMeta:
     mask_box: tuple[int, int, int, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class FrameTimes:
+class FrameTimes(msgspec.Struct, frozen=True):
     """Wall-clock seconds since the epoch along one frame's path, for latency accounting.
 
     ``capture_ts_source`` says whether ``capture_ts`` came from the stream itself
@@ -113,8 +108,7 @@ class FrameTimes:
     sent_ts: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class FrameResultMessage:
+class FrameResultMessage(msgspec.Struct, frozen=True):
     """Everything a client learns about one processed frame except the mask pixels.
 
     ``encoding`` is set exactly when masks travel with the message. ``dropped_frames``
@@ -142,48 +136,78 @@ class FrameResultMessage:
         return self.mask_size or (self.height, self.width)
 
 
-def _json_default(value: Any) -> Any:
+def _numpy_item(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _dumps(body: Mapping[str, Any]) -> str:
-    """Strict JSON (no NaN, which browsers' JSON.parse rejects), compact."""
+_ENCODER = msgspec.json.Encoder(enc_hook=_numpy_item)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in `value` (msgspec would write them as null)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float | np.floating):
+            if not np.isfinite(node):
+                return False
+        elif isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return True
+
+
+def _dumps(body: Mapping[str, Any], *, checked: bool = False) -> bytes:
+    """Strict JSON (no NaN, which browsers' JSON.parse rejects), compact, UTF-8.
+    ``checked``: the caller has made sure every number in `body` is finite."""
+    if not (checked or _finite(body)):
+        raise MessageError("message cannot be sent as JSON: a number is NaN or infinite")
     try:
-        return json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default)
-    except (TypeError, ValueError) as exc:
+        return _ENCODER.encode(body)
+    except (TypeError, OverflowError) as exc:
         raise MessageError(f"message cannot be sent as JSON: {exc}") from None
 
 
-def _times_header(t: FrameTimes) -> dict[str, Any]:
+def _times_header(t: FrameTimes, numbers: list[float]) -> dict[str, Any]:
+    times = (float(t.capture_ts), float(t.recv_ts), float(t.infer_start), float(t.infer_end))
+    sent = None if t.sent_ts is None else float(t.sent_ts)
+    numbers.extend(times)
+    if sent is not None:
+        numbers.append(sent)
     return {
-        "capture_ts": float(t.capture_ts),
+        "capture_ts": times[0],
         "capture_ts_source": t.capture_ts_source,
-        "recv_ts": float(t.recv_ts),
-        "infer_start": float(t.infer_start),
-        "infer_end": float(t.infer_end),
-        "sent_ts": None if t.sent_ts is None else float(t.sent_ts),
+        "recv_ts": times[1],
+        "infer_start": times[2],
+        "infer_end": times[3],
+        "sent_ts": sent,
     }
 
 
-def _track_header(t: TrackResultMeta) -> dict[str, Any]:
+def _track_header(t: TrackResultMeta, numbers: list[float]) -> dict[str, Any]:
+    score, object_score, age = float(t.score), float(t.object_score), float(t.age_ms)
+    numbers += (score, object_score, age)
     return {
         "track_id": int(t.track_id),
-        "score": float(t.score),
-        "object_score": float(t.object_score),
+        "score": score,
+        "object_score": object_score,
         "present": bool(t.present),
         "bbox": None if t.bbox is None else [int(v) for v in t.bbox],
         "area": int(t.area),
         "source": t.source,
         "model_seq": None if t.model_seq is None else int(t.model_seq),
-        "age_ms": round(float(t.age_ms), 3),
+        "age_ms": round(age, 3) if math.isfinite(age) else age,
         "mask_box": None if t.mask_box is None else [int(v) for v in t.mask_box],
     }
 
 
 def _header(msg: FrameResultMessage, encoding: MaskEncoding | None) -> dict[str, Any]:
-    return {
+    """The frame header as JSON-ready values; every number in it is checked finite."""
+    numbers: list[float] = []
+    header = {
         "v": SCHEMA_VERSION,
         "rev": SCHEMA_REVISION,
         "type": "frame",
@@ -191,8 +215,8 @@ def _header(msg: FrameResultMessage, encoding: MaskEncoding | None) -> dict[str,
         "seq": int(msg.seq),
         "width": int(msg.width),
         "height": int(msg.height),
-        "times": _times_header(msg.times),
-        "tracks": [_track_header(t) for t in msg.tracks],
+        "times": _times_header(msg.times, numbers),
+        "tracks": [_track_header(t, numbers) for t in msg.tracks],
         "dropped_frames": int(msg.dropped_frames),
         "encoding": None if encoding is None else encoding.value,
         "stages_ms": msg.stages_ms,
@@ -201,6 +225,11 @@ def _header(msg: FrameResultMessage, encoding: MaskEncoding | None) -> dict[str,
         "mask_height": int(msg.grid[0]),
         "mask_crop": bool(msg.mask_crop),
     }
+    if msg.stages_ms:
+        numbers.extend(msg.stages_ms.values())
+    if not all(map(math.isfinite, numbers)):
+        raise MessageError("message cannot be sent as JSON: a number is NaN or infinite")
+    return header
 
 
 def _wire_shape(msg: FrameResultMessage, track: TrackResultMeta) -> tuple[int, int]:
@@ -242,7 +271,7 @@ def reduce_masks(
     """Frame-sized masks made smaller for the wire: resampled onto the grid that
     ``scale``/``max_side`` give (`mask_grid`) and, with ``crop``, each cut to its own
     box on that grid. Returns the message saying so and the masks to encode."""
-    _check_masks(dataclasses.replace(msg, mask_size=None, mask_crop=False), masks)
+    _check_masks(msgspec.structs.replace(msg, mask_size=None, mask_crop=False), masks)
     try:
         grid = mask_grid(msg.height, msg.width, scale, max_side)
         small = [shrink_mask(m, *grid) for m in masks]
@@ -253,9 +282,9 @@ def reduce_masks(
         box = mask_bbox(m) if crop else None
         if crop:
             m = m[0:0, 0:0] if box is None else m[box[1] : box[3], box[0] : box[2]]
-        tracks.append(dataclasses.replace(track, mask_box=box))
+        tracks.append(msgspec.structs.replace(track, mask_box=box))
         wire.append(m)
-    reduced = dataclasses.replace(
+    reduced = msgspec.structs.replace(
         msg,
         tracks=tuple(tracks),
         mask_size=None if grid == (msg.height, msg.width) else grid,
@@ -294,7 +323,7 @@ def encode_frame_message(
         for track, blob in zip(header["tracks"], blobs, strict=True):
             track["mask"] = {"offset": offset, "length": len(blob)}
             offset += len(blob)
-    head = _dumps(header).encode()
+    head = _dumps(header, checked=True)
     return b"".join((HEADER_LENGTH.pack(len(head)), head, *blobs))
 
 
@@ -329,37 +358,15 @@ def frame_message_json(
         if clash:
             raise MessageError(f"extra fields {clash} would overwrite protocol fields")
         header.update(extra)
-    return _dumps(header)
+        return _dumps(header).decode()
+    return _dumps(header, checked=True).decode()
 
 
 # ---- decoding (Python client, tests) ----------------------------------------------------
 
-
-def _field(body: Mapping[str, Any], key: str, where: str) -> Any:
-    try:
-        return body[key]
-    except KeyError:
-        raise MessageError(f"{where}{key} is missing") from None
-
-
-def _int(body: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
-    value = _field(body, key, where)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MessageError(f"{where}{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _float(body: Mapping[str, Any], key: str, where: str) -> float:
-    value = _field(body, key, where)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise MessageError(f"{where}{key} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _object(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise MessageError(f"{where} must be a JSON object, got {type(value).__name__}")
-    return cast(Mapping[str, Any], value)
+_BINARY_HEADER = msgspec.json.Decoder(models.FrameHeader)
+_DATA_CHANNEL = msgspec.json.Decoder(models.DataChannelFrame)
+_TEXT = msgspec.json.Decoder()
 
 
 def _check_version(body: Mapping[str, Any]) -> None:
@@ -371,120 +378,80 @@ def _check_version(body: Mapping[str, Any]) -> None:
         )
 
 
-def _parse_times(value: Any) -> FrameTimes:
-    body = _object(value, "times")
-    source = _field(body, "capture_ts_source", "times.")
-    if source not in _CAPTURE_SOURCES:
-        raise MessageError(f"times.capture_ts_source must be 'stream' or 'receive', got {source!r}")
-    sent = body.get("sent_ts")
-    return FrameTimes(
-        capture_ts=_float(body, "capture_ts", "times."),
-        capture_ts_source=source,
-        recv_ts=_float(body, "recv_ts", "times."),
-        infer_start=_float(body, "infer_start", "times."),
-        infer_end=_float(body, "infer_end", "times."),
-        sent_ts=None if sent is None else _float(body, "sent_ts", "times."),
-    )
-
-
-def _box(raw: Any, name: str) -> tuple[int, int, int, int] | None:
-    if raw is None:
-        return None
-    if not (
-        isinstance(raw, list)
-        and len(raw) == 4
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
-    ):
-        raise MessageError(f"{name} must be null or [x0, y0, x1, y1] integers")
-    return raw[0], raw[1], raw[2], raw[3]
-
-
-def _parse_track(body: Mapping[str, Any], where: str) -> TrackResultMeta:
-    present = _field(body, "present", where)
-    if not isinstance(present, bool):
-        raise MessageError(f"{where}present must be true or false, got {present!r}")
-    bbox = _box(_field(body, "bbox", where), f"{where}bbox")
-    source = body.get("source", "model")
-    if source not in _MASK_SOURCES:
-        raise MessageError(f"{where}source must be 'model' or 'propagated', got {source!r}")
-    return TrackResultMeta(
-        track_id=_int(body, "track_id", where),
-        score=_float(body, "score", where),
-        object_score=_float(body, "object_score", where),
-        present=present,
-        bbox=bbox,
-        area=_int(body, "area", where),
-        source=source,
-        model_seq=None if body.get("model_seq") is None else _int(body, "model_seq", where),
-        age_ms=_float(body, "age_ms", where) if "age_ms" in body else 0.0,
-        mask_box=_box(body.get("mask_box"), f"{where}mask_box"),
-    )
-
-
-def _parse_stages(value: Any) -> dict[str, float] | None:
-    if value is None:
-        return None
-    body = _object(value, "stages_ms")
-    return {str(k): _float(body, k, "stages_ms.") for k in body}
-
-
-def _parse_header(
-    header: Any,
-) -> tuple[FrameResultMessage, list[Mapping[str, Any]]]:
-    """The message and each track's raw JSON object (which says where its mask is)."""
-    body = _object(header, "frame header")
-    _check_version(body)
-    if body.get("type") != "frame":
-        raise MessageError(f"expected a 'frame' message, got type {body.get('type')!r}")
-    stream_id = _field(body, "stream_id", "")
-    if not isinstance(stream_id, str):
-        raise MessageError(f"stream_id must be a string, got {stream_id!r}")
-    raw_tracks = _field(body, "tracks", "")
-    if not isinstance(raw_tracks, list):
-        raise MessageError("tracks must be a list")
-    track_bodies = [_object(t, f"tracks[{i}]") for i, t in enumerate(raw_tracks)]
-    raw_encoding = body.get("encoding")
+def _refused(exc: msgspec.ValidationError, data: Any, model: Any, what: str) -> MessageError:
+    """A message the model refused, explained: a version or type mismatch first (the
+    likeliest cause), else the field and what it must be."""
     try:
-        encoding = None if raw_encoding is None else MaskEncoding(raw_encoding)
-    except ValueError:
-        raise MessageError(f"unknown mask encoding {raw_encoding!r}") from None
-    note = body.get("prompt_note")
-    if note is not None and not isinstance(note, str):
-        raise MessageError(f"prompt_note must be a string or null, got {note!r}")
-    crop = body.get("mask_crop", False)
-    if not isinstance(crop, bool):
-        raise MessageError(f"mask_crop must be true or false, got {crop!r}")
-    msg = FrameResultMessage(
-        stream_id=stream_id,
-        seq=_int(body, "seq", ""),
-        width=_int(body, "width", "", minimum=1),
-        height=_int(body, "height", "", minimum=1),
-        times=_parse_times(_field(body, "times", "")),
-        tracks=tuple(_parse_track(t, f"tracks[{i}].") for i, t in enumerate(track_bodies)),
-        dropped_frames=_int(body, "dropped_frames", "") if "dropped_frames" in body else 0,
-        encoding=encoding,
-        stages_ms=_parse_stages(body.get("stages_ms")),
-        prompt_note=note,
-        mask_crop=crop,
-    )
-    grid = (
-        _int(body, "mask_height", "", minimum=1) if "mask_height" in body else msg.height,
-        _int(body, "mask_width", "", minimum=1) if "mask_width" in body else msg.width,
-    )
-    if grid[0] > msg.height or grid[1] > msg.width:
-        raise MessageError(f"mask grid {grid} is larger than the frame")
-    if grid != (msg.height, msg.width):
-        msg = dataclasses.replace(msg, mask_size=grid)
-    for i, track in enumerate(msg.tracks):
-        if track.mask_box is None:
-            continue
-        x0, y0, x1, y1 = track.mask_box
-        if not (crop and 0 <= x0 < x1 <= grid[1] and 0 <= y0 < y1 <= grid[0]):
+        body = json.loads(bytes(data) if isinstance(data, memoryview) else data)
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        return MessageError(f"{what} must be a JSON object, got {type(body).__name__}")
+    _check_version(body)
+    kind = explain.type_at(model, ("type",))
+    expected = kind.values[0] if isinstance(kind, msgspec.inspect.LiteralType) else None
+    if expected is not None and body.get("type") != expected:
+        return MessageError(f"expected a {expected!r} message, got type {body.get('type')!r}")
+    return MessageError(explain.explain(exc, model, body, quote=False)[1])
+
+
+def _decoded(decoder: msgspec.json.Decoder[Any], data: Any, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _refused(exc, data, decoder.type, what) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MessageError(f"{what} is not JSON: {exc}") from None
+
+
+def _message(wire: models.FrameHeader | models.DataChannelFrame) -> FrameResultMessage:
+    """The wire header as the message type the rest of the code uses, after the rules
+    that tie fields together (the mask grid, the crop boxes)."""
+    t = wire.times
+    height = wire.height if wire.mask_height is msgspec.UNSET else wire.mask_height
+    width = wire.width if wire.mask_width is msgspec.UNSET else wire.mask_width
+    if height > wire.height or width > wire.width:
+        raise MessageError(f"mask grid {(height, width)} is larger than the frame")
+    tracks = []
+    for i, w in enumerate(wire.tracks):
+        box = w.mask_box
+        if box is not None and not (
+            wire.mask_crop and 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+        ):
             raise MessageError(
-                f"tracks[{i}].mask_box {list(track.mask_box)} must lie on the {grid[1]}x"
-                f"{grid[0]} mask grid, and only with mask_crop"
+                f"tracks[{i}].mask_box {list(box)} must lie on the {width}x{height} mask "
+                "grid, and only with mask_crop"
             )
-    return msg, track_bodies
+        tracks.append(
+            TrackResultMeta(
+                w.track_id,
+                w.score,
+                w.object_score,
+                w.present,
+                w.bbox,
+                w.area,
+                w.source,
+                w.model_seq,
+                w.age_ms,
+                box,
+            )
+        )
+    return FrameResultMessage(
+        stream_id=wire.stream_id,
+        seq=wire.seq,
+        width=wire.width,
+        height=wire.height,
+        times=FrameTimes(
+            t.capture_ts, t.capture_ts_source, t.recv_ts, t.infer_start, t.infer_end, t.sent_ts
+        ),
+        tracks=tuple(tracks),
+        dropped_frames=wire.dropped_frames,
+        encoding=wire.encoding,
+        stages_ms=wire.stages_ms,
+        prompt_note=wire.prompt_note,
+        mask_size=None if (height, width) == (wire.height, wire.width) else (height, width),
+        mask_crop=wire.mask_crop,
+    )
 
 
 def _on_grid(msg: FrameResultMessage, track: TrackResultMeta, mask: np.ndarray) -> np.ndarray:
@@ -504,7 +471,7 @@ def _mask_error(index: int, exc: MaskCodecError) -> MessageError:
 
 def _split_binary(
     data: bytes | bytearray | memoryview,
-) -> tuple[FrameResultMessage, list[Mapping[str, Any]], memoryview]:
+) -> tuple[models.FrameHeader, memoryview]:
     view = memoryview(data).cast("B")
     if len(view) < HEADER_LENGTH.size:
         raise MessageError(f"message is {len(view)} bytes, shorter than its length prefix")
@@ -512,18 +479,14 @@ def _split_binary(
     end = HEADER_LENGTH.size + size
     if end > len(view):
         raise MessageError(f"header length {size} exceeds the {len(view)}-byte message")
-    try:
-        header = json.loads(bytes(view[HEADER_LENGTH.size : end]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MessageError(f"frame header is not JSON: {exc}") from None
-    msg, tracks = _parse_header(header)
-    return msg, tracks, view[end:]
+    header = _decoded(_BINARY_HEADER, view[HEADER_LENGTH.size : end], "frame header")
+    return header, view[end:]
 
 
 def decode_frame_header(data: bytes | bytearray | memoryview) -> FrameResultMessage:
     """The header of a binary frame message, masks left undecoded (for clients that only
     need times, boxes and scores)."""
-    return _split_binary(data)[0]
+    return _message(_split_binary(data)[0])
 
 
 def decode_frame_message(
@@ -533,16 +496,18 @@ def decode_frame_message(
     the message carries none), each on the mask grid (`msg.grid`: the frame's size
     unless the client asked for smaller masks; cropped masks pasted back at their
     box); anything malformed raises `MessageError`."""
-    msg, tracks, payload = _split_binary(data)
+    header, payload = _split_binary(data)
+    msg = _message(header)
     if msg.encoding is None:
-        if any("mask" in t for t in tracks):
+        if any(t.mask is not msgspec.UNSET for t in header.tracks):
             raise MessageError("tracks carry masks but the header names no encoding")
         return msg, None
     masks: list[np.ndarray] = []
-    for i, track in enumerate(tracks):
-        where = _object(_field(track, "mask", f"tracks[{i}]."), f"tracks[{i}].mask")
-        offset = _int(where, "offset", f"tracks[{i}].mask.")
-        length = _int(where, "length", f"tracks[{i}].mask.")
+    for i, track in enumerate(header.tracks):
+        where = track.mask
+        if where is msgspec.UNSET:
+            raise MessageError(f"tracks[{i}].mask is missing")
+        offset, length = where.offset, where.length
         if offset + length > len(payload):
             raise MessageError(
                 f"tracks[{i}] mask [{offset}, {offset + length}) lies outside the "
@@ -566,25 +531,24 @@ def decode_frame_message(
 def decode_frame_json(text: str | bytes) -> tuple[FrameResultMessage, list[np.ndarray] | None]:
     """Parse the data-channel text form (`frame_message_json`); transport extras such as
     ``video_pts`` are ignored."""
-    try:
-        header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MessageError(f"frame message is not JSON: {exc}") from None
-    msg, tracks = _parse_header(header)
+    header = _decoded(_DATA_CHANNEL, text, "frame message")
+    msg = _message(header)
     if msg.encoding is None:
         return msg, None
     masks: list[np.ndarray] = []
-    for i, track in enumerate(tracks):
+    for i, track in enumerate(header.tracks):
         shape = _wire_shape(msg, msg.tracks[i])
         try:
             if msg.encoding is MaskEncoding.RLE:
-                rle = _object(_field(track, "rle", f"tracks[{i}]."), "rle")
-                empty = shape == (0, 0) and rle == _EMPTY_RLE
-                mask = np.zeros((0, 0)) if empty else rle_decode(rle)
+                rle = track.rle
+                if rle is msgspec.UNSET:
+                    raise MessageError(f"tracks[{i}].rle is missing")
+                empty = shape == (0, 0) and rle.size == (0, 0) and rle.counts == ""
+                mask = np.zeros((0, 0)) if empty else rle_decode(msgspec.structs.asdict(rle))
             else:
-                raw = _field(track, "mask_b64", f"tracks[{i}].")
-                if not isinstance(raw, str):
-                    raise MessageError(f"tracks[{i}].mask_b64 must be a base64 string")
+                raw = track.mask_b64
+                if raw is msgspec.UNSET:
+                    raise MessageError(f"tracks[{i}].mask_b64 is missing")
                 data = base64.b64decode(raw, validate=True)
                 mask = decode_mask(data, msg.encoding, *shape) if data else np.zeros((0, 0))
         except (MaskCodecError, binascii.Error) as exc:
@@ -602,7 +566,7 @@ def _control(kind: str, fields: Mapping[str, Any], extra: Mapping[str, Any]) -> 
     clash = sorted({"v", "type"} & set(extra))
     if clash:
         raise MessageError(f"fields {clash} are set by the protocol")
-    return _dumps({"v": SCHEMA_VERSION, "type": kind, **fields, **extra})
+    return _dumps({"v": SCHEMA_VERSION, "type": kind, **fields, **extra}).decode()
 
 
 def hello_message(
@@ -627,9 +591,14 @@ def hello_message(
     return _control("hello", fields, extra)
 
 
-def error_message(code: str, message: str, request_id: str | None = None) -> str:
-    """A refusal; ``request_id`` (when the request had one) ties it to the request."""
+def error_message(
+    code: str, message: str, request_id: str | None = None, field: str | None = None
+) -> str:
+    """A refusal; ``request_id`` (when the request had one) ties it to the request,
+    ``field`` names the refused field (``bad_field``, as on REST)."""
     fields: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        fields["field"] = field
     if request_id is not None:
         fields["request_id"] = request_id
     return _control("error", fields, {})
@@ -693,14 +662,28 @@ def ack_message(request_id: str | None, result: Mapping[str, Any] | None = None)
 
 
 def parse_server_text(text: str | bytes) -> dict[str, Any]:
-    """A server text message as a dict, after checking it is JSON of this schema version
-    and a known type, so a client fails clearly against a newer server."""
+    """A server text message as a dict, after checking it is JSON of this schema version,
+    a known type and valid for that type's model (free-form parts nested at most
+    `strictjson.MAX_DEPTH` deep), so a client fails clearly against a newer server."""
     try:
-        body = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        body = _TEXT.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise MessageError(f"server message is not JSON: {exc}") from None
-    checked = dict(_object(body, "server message"))
-    _check_version(checked)
-    if checked.get("type") not in _SERVER_TYPES:
-        raise UnknownMessageType(f"unknown server message type {checked.get('type')!r}")
-    return checked
+    if not isinstance(body, dict):
+        raise MessageError(f"server message must be a JSON object, got {type(body).__name__}")
+    _check_version(body)
+    kind = body.get("type")
+    model: Any = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
+    if kind == "event":
+        model = models.StateEvent if body.get("event") == "state" else models.TrackEvent
+    if model is None:
+        raise UnknownMessageType(f"unknown server message type {kind!r}")
+    if strictjson.too_deep(body, strictjson.MAX_DEPTH):
+        raise MessageError(f"server message nested more than {strictjson.MAX_DEPTH} levels deep")
+    try:
+        msgspec.convert(body, model)
+    except msgspec.ValidationError as exc:
+        raise MessageError(
+            f"{kind} message: {explain.explain(exc, model, body, quote=False)[1]}"
+        ) from None
+    return body

@@ -20,6 +20,8 @@ published at their defaults (`DEFAULT_LIMITS`) and checked at run time
 
 from __future__ import annotations
 
+import copy
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
@@ -157,9 +159,12 @@ Label = Annotated[
     Meta(
         description="1: a positive point (on the object); 0: a negative one",
         extra_json_schema=_integer_schema(0, 1, enum=[0, 1]),
+        extra={"expected": "1 (positive) or 0 (negative)"},
     ),
 ]
-Point = Annotated[tuple[float, float], Meta(description="[x, y] in pixels")]
+Point = Annotated[
+    tuple[float, float], Meta(description="[x, y] in pixels", extra={"expected": "[x, y]"})
+]
 RequestId = Annotated[
     str | None,
     Meta(
@@ -190,15 +195,23 @@ class Prompt(_ClientMessage, frozen=True, tag="prompt"):
         Meta(
             description="clicks, [[x, y], ...]; at most `max_points` (hello `limits`)",
             extra_json_schema=_MAX_POINTS,
+            extra={"expected": "a list of [x, y] pixel coordinates"},
         ),
     ] = None
     labels: Annotated[
         tuple[Label, ...] | None,
-        Meta(description="one per point: 1 positive, 0 negative", extra_json_schema=_MAX_POINTS),
+        Meta(
+            description="one per point: 1 positive, 0 negative",
+            extra_json_schema=_MAX_POINTS,
+            extra={"expected": "a list of 1 (positive) or 0 (negative), one per point"},
+        ),
     ] = None
     box: Annotated[
         tuple[float, float, float, float] | None,
-        Meta(description="[x0, y0, x1, y1] in pixels, x0 < x1 and y0 < y1"),
+        Meta(
+            description="[x0, y0, x1, y1] in pixels, x0 < x1 and y0 < y1",
+            extra={"expected": "[x0, y0, x1, y1] pixel coordinates"},
+        ),
     ] = None
     frame_seq: Annotated[
         SeqInt | None,
@@ -258,6 +271,19 @@ AnyFeedMessage = Prompt | Remove | Reset | Options | Next
 CLIENT_MESSAGES: Final = (Prompt, Remove, Reset, Options, Next)
 """Every message a client may send."""
 
+PROMPT_RULES: Final = MappingProxyType(
+    {
+        "dependentRequired": {"points": ["labels"], "labels": ["points"]},
+        "anyOf": [
+            {"required": ["points"], "properties": {"points": {"type": "array", "minItems": 1}}},
+            {"required": ["box"], "properties": {"box": {"type": "array"}}},
+        ],
+    }
+)
+"""What JSON Schema can say of `Prompt` beyond its fields, merged into its schema:
+points come with labels, and a prompt has points or a box. (One label per point, and
+x0 < x1 in a box, compare values: the server checks them.)"""
+
 
 def json_schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(each message's schema by class name, the component schemas they refer to as
@@ -266,4 +292,5 @@ def json_schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     schemas, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
+    components["Prompt"].update(copy.deepcopy(dict(PROMPT_RULES)))
     return {t.__name__: s for t, s in zip(types, schemas, strict=True)}, components

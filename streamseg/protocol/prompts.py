@@ -4,37 +4,44 @@ Clients are untrusted: every refusal is a `PromptError` whose ``code`` a program
 branch on and whose message names the field and what was expected, so a person reading
 it can fix the request. Unknown fields are refused rather than ignored, because a
 misspelt ``lables`` silently dropped would make a prompt mean something else.
+
+The messages are declared in `streamseg.protocol.models`, which msgspec decodes and
+validates in one pass; what is left here is what a schema cannot say: limits a server
+configures at run time, rules that tie fields together, and refusals worded for people.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, get_args
 
-from streamseg.protocol import strictjson
+import msgspec
+
+from streamseg.protocol import explain, models, strictjson
+from streamseg.protocol.error_codes import PARSE_CODES
 from streamseg.protocol.masks import MaskEncoding
 
-ERROR_CODES = frozenset(
-    {"bad_json", "unknown_type", "bad_field", "too_many_points", "empty_prompt", "too_large"}
-)
+ERROR_CODES = PARSE_CODES
 """The codes `parse_client_message` raises; `check_prompt_in_frame` adds ``out_of_frame``."""
-
-_MAX_SEQ = 2**63 - 1
-_ENCODING_VALUES = frozenset(e.value for e in MaskEncoding)
 
 
 class PromptError(ValueError):
-    """A client message refused, with a machine-readable ``code``."""
+    """A client message refused, with a machine-readable ``code`` and, when one field
+    is to blame, its name as the protocol writes it (``points[0][1]``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.field = field
 
-    def __reduce__(self) -> tuple[type[PromptError], tuple[str, str]]:
-        return type(self), (self.code, str(self))
+    def __reduce__(self) -> tuple[type[PromptError], tuple[str, str, str | None]]:
+        return type(self), (self.code, str(self), self.field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +54,10 @@ class PromptLimits:
     max_request_id_chars: int = 128
 
 
-@dataclass(frozen=True, slots=True)
-class AddPrompt:
+_DEFAULT_LIMITS = PromptLimits()
+
+
+class AddPrompt(msgspec.Struct, frozen=True):
     """Points and/or a box in pixel coordinates of frame ``frame_seq`` (None: the newest).
 
     ``track_id`` None asks the server for a new track; ``clear_old_points`` False adds
@@ -64,23 +73,20 @@ class AddPrompt:
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RemoveTrack:
+class RemoveTrack(msgspec.Struct, frozen=True):
     """Stop tracking one object."""
 
     track_id: int
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ResetTracks:
+class ResetTracks(msgspec.Struct, frozen=True):
     """Forget every track of the stream."""
 
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SetOptions:
+class SetOptions(msgspec.Struct, frozen=True):
     """Per-connection output options; None leaves an option as it is."""
 
     encoding: MaskEncoding | None = None
@@ -91,161 +97,36 @@ class SetOptions:
 ClientMessage: TypeAlias = AddPrompt | RemoveTrack | ResetTracks | SetOptions
 
 
-@dataclass(frozen=True, slots=True)
-class NextResult:
+class NextResult(msgspec.Struct, frozen=True):
     """Pull delivery (websocket `?delivery=pull`): send me one frame message, the newest
     I have not had. Only a mask feed knows it: there is nothing to pull elsewhere."""
 
 
 FeedMessage: TypeAlias = ClientMessage | NextResult
+WireMessage: TypeAlias = models.Prompt | models.Remove | models.Reset | models.Options
 
-_FIELDS: dict[str, frozenset[str]] = {
-    "prompt": frozenset(
-        {
-            "type",
-            "track_id",
-            "points",
-            "labels",
-            "box",
-            "frame_seq",
-            "clear_old_points",
-            "request_id",
-        }
-    ),
-    "remove": frozenset({"type", "track_id", "request_id"}),
-    "reset": frozenset({"type", "request_id"}),
-    "options": frozenset({"type", "encoding", "include_masks", "request_id"}),
+_CLIENT = msgspec.json.Decoder(models.AnyClientMessage, dec_hook=models.dec_hook)
+_FEED = msgspec.json.Decoder(models.AnyFeedMessage, dec_hook=models.dec_hook)
+_TAGS: dict[Any, dict[str, type[msgspec.Struct]]] = {
+    union: {cls.__struct_config__.tag: cls for cls in get_args(union)}
+    for union in (models.AnyClientMessage, models.AnyFeedMessage)
 }
-_TYPES = ", ".join(repr(t) for t in _FIELDS)
-_ENCODINGS = ", ".join(repr(e.value) for e in MaskEncoding)
+# A run of 33 digits may be an integer longer than strict JSON allows (typed decoding
+# would take it, as a float where a number is expected): only then is the message
+# parsed again, by the strict parser, to tell.
+_DIGITS_AS_D = bytes(ord("d") if 0x30 <= i <= 0x39 else ord(" ") for i in range(256))
+_LONG_DIGIT_RUN = b"d" * (strictjson.MAX_INT_DIGITS + 1)
 
 
-def _bad(message: str) -> PromptError:
-    return PromptError("bad_field", message)
+def _bad(message: str, field: str | None = None) -> PromptError:
+    return PromptError("bad_field", message, field)
 
 
-_EXACT_FLOAT_INT = 2**53
-
-
-def _as_int(value: Any) -> int | None:
-    """An integer as JSON Schema means it: `3`, or a number with no fractional part
-    (`3.0`, which JavaScript cannot tell from `3`), exactly representable; never
-    `true`. None when `value` is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
-        return int(value)
-    return None
-
-
-def _int(body: Mapping[str, Any], name: str, high: int) -> int | None:
-    raw = body.get(name)
-    if raw is None:
-        return None
-    value = _as_int(raw)
-    if value is None:
-        raise _bad(f"'{name}' must be an integer, got {raw!r}")
-    if not 0 <= value <= high:
-        raise _bad(f"'{name}' must be in [0, {high}], got {value}")
-    return int(value)
-
-
-def _bool(body: Mapping[str, Any], name: str) -> bool | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise _bad(f"'{name}' must be true or false, got {value!r}")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(f"'{where}' must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _list(value: Any, name: str, expected: str) -> Sequence[Any]:
-    if not isinstance(value, list | tuple):
-        raise _bad(f"'{name}' must be {expected}, got {value!r}")
-    return value
-
-
-def _points(body: Mapping[str, Any], limits: PromptLimits) -> tuple[tuple[float, float], ...]:
-    raw = body.get("points")
-    if raw is None:
-        return ()
-    items = _list(raw, "points", "a list of [x, y] pixel coordinates")
-    if len(items) > limits.max_points:
-        raise PromptError(
-            "too_many_points",
-            f"'points' has {len(items)} points; at most {limits.max_points} per prompt",
-        )
-    out: list[tuple[float, float]] = []
-    for i, p in enumerate(items):
-        if not isinstance(p, list | tuple) or len(p) != 2:
-            raise _bad(f"'points[{i}]' must be [x, y], got {p!r}")
-        out.append((_number(p[0], f"points[{i}][0]"), _number(p[1], f"points[{i}][1]")))
-    return tuple(out)
-
-
-def _labels(body: Mapping[str, Any]) -> tuple[int, ...]:
-    raw = body.get("labels")
-    if raw is None:
-        return ()
-    items = _list(raw, "labels", "a list of 1 (positive) or 0 (negative), one per point")
-    for i, v in enumerate(items):
-        if _as_int(v) not in (0, 1):
-            raise _bad(f"'labels[{i}]' must be 1 (positive) or 0 (negative), got {v!r}")
-    return tuple(int(v) for v in items)
-
-
-def _box(body: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
-    raw = body.get("box")
-    if raw is None:
-        return None
-    items = _list(raw, "box", "[x0, y0, x1, y1] pixel coordinates")
-    if len(items) != 4:
-        raise _bad(f"'box' must be [x0, y0, x1, y1], got {len(items)} numbers")
-    x0, y0, x1, y1 = (_number(v, f"box[{i}]") for i, v in enumerate(items))
-    if not (x0 < x1 and y0 < y1):
-        raise _bad(f"'box' must have x0 < x1 and y0 < y1, got {[x0, y0, x1, y1]}")
-    return x0, y0, x1, y1
-
-
-def _parse_prompt(
-    body: Mapping[str, Any], limits: PromptLimits, request_id: str | None
-) -> AddPrompt:
-    points = _points(body, limits)
-    labels = _labels(body)
-    if len(labels) != len(points):
-        raise _bad(
-            f"'labels' has {len(labels)} entries but 'points' has {len(points)}; "
-            "give one label per point"
-        )
-    box = _box(body)
-    if not points and box is None:
-        raise PromptError("empty_prompt", "a prompt needs 'points' (with 'labels') or a 'box'")
-    clear = _bool(body, "clear_old_points")
-    return AddPrompt(
-        track_id=_int(body, "track_id", limits.max_track_id),
-        points=points,
-        labels=labels,
-        box=box,
-        frame_seq=_int(body, "frame_seq", _MAX_SEQ),
-        clear_old_points=True if clear is None else clear,
-        request_id=request_id,
-    )
-
-
-def _parse_options(body: Mapping[str, Any], request_id: str | None) -> SetOptions:
-    raw = body.get("encoding")
-    encoding = None
-    if raw is not None:
-        if not isinstance(raw, str) or raw not in _ENCODING_VALUES:
-            raise _bad(f"'encoding' must be one of {_ENCODINGS}, got {raw!r}")
-        encoding = MaskEncoding(raw)
-    return SetOptions(encoding, _bool(body, "include_masks"), request_id)
+def _strict(raw: str | bytes | bytearray) -> Any:
+    try:
+        return strictjson.loads(raw)
+    except strictjson.JSONRefused as exc:
+        raise PromptError("bad_json", f"message refused: {exc}") from None
 
 
 def _check_size(raw: str | bytes | bytearray, limits: PromptLimits) -> None:
@@ -260,8 +141,77 @@ def _check_size(raw: str | bytes | bytearray, limits: PromptLimits) -> None:
         )
 
 
-def _unknown_fields(kind: str, body: Mapping[str, Any]) -> PromptError | None:
-    allowed = _FIELDS[kind]
+def _decode(
+    raw: str | bytes | bytearray, limits: PromptLimits, decoder: msgspec.json.Decoder[Any]
+) -> Any:
+    """Text decoded and validated by the models (in C); the slow strict parser runs
+    only to explain a refusal or to rule out an over-long integer."""
+    _check_size(raw, limits)
+    try:
+        wire = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _refusal(exc, _strict(raw), decoder.type, limits) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        _strict(raw)  # its reason, when it has one, says more than msgspec's
+        raise PromptError("bad_json", f"message refused: not valid JSON: {exc}") from None
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _LONG_DIGIT_RUN in data.translate(_DIGITS_AS_D):
+        _strict(raw)
+    return wire
+
+
+def _convert(body: Mapping[str, Any], union: Any, limits: PromptLimits) -> Any:
+    """An already-parsed message (REST bodies, Python callers) through the same models;
+    Python's own floats may be NaN or infinite, which JSON text cannot."""
+    if not isinstance(body, Mapping):
+        raise PromptError("bad_json", f"message must be a JSON object, got {type(body).__name__}")
+    try:
+        wire = msgspec.convert(dict(body), union, dec_hook=models.dec_hook)
+    except msgspec.ValidationError as exc:
+        raise _refusal(exc, body, union, limits) from None
+    if isinstance(wire, models.Prompt):
+        for name, values in (("points", wire.points), ("box", wire.box)):
+            for where, value in _numbers(name, values):
+                if not math.isfinite(value):
+                    raise _bad(f"'{where}' must be a finite number, got {value!r}", where)
+    return wire
+
+
+def _numbers(name: str, values: Any) -> list[tuple[str, float]]:
+    if values is None:
+        return []
+    if name == "points":
+        return [(f"points[{i}][{j}]", v) for i, p in enumerate(values) for j, v in enumerate(p)]
+    return [(f"box[{i}]", v) for i, v in enumerate(values)]
+
+
+def _refusal(
+    exc: msgspec.ValidationError, body: Any, union: Any, limits: PromptLimits
+) -> PromptError:
+    """The refusal of a message the models did not take, found in the order a client
+    fixes things: the JSON, the type, unknown fields, then the field msgspec names."""
+    if not isinstance(body, Mapping):
+        return PromptError("bad_json", f"message must be a JSON object, got {type(body).__name__}")
+    tags = _TAGS[union]
+    kind = body.get("type")
+    cls = tags.get(kind) if isinstance(kind, str) else None
+    if cls is None or not isinstance(kind, str):
+        allowed = ", ".join(repr(t) for t in tags)
+        return PromptError("unknown_type", f"'type' must be one of {allowed}, got {kind!r}")
+    unknown = _unknown_fields(kind, cls, body)
+    if unknown is not None:
+        return unknown
+    points = body.get("points")
+    if isinstance(points, list | tuple) and len(points) > limits.max_points:
+        return _too_many_points(len(points), limits)
+    field, message = explain.explain(exc, union, body, quote=True, tag=kind)
+    return _bad(message, field or None)
+
+
+def _unknown_fields(
+    kind: str, cls: type[msgspec.Struct], body: Mapping[str, Any]
+) -> PromptError | None:
+    allowed = {"type", *cls.__struct_fields__}
     unknown = sorted(str(k) for k in body if k not in allowed)
     if not unknown:
         return None
@@ -271,8 +221,74 @@ def _unknown_fields(kind: str, body: Mapping[str, Any]) -> PromptError | None:
         hints.append(f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'")
     return _bad(
         f"unknown field {', '.join(hints)} in a {kind!r} message; "
-        f"allowed: {', '.join(sorted(allowed))}"
+        f"allowed: {', '.join(sorted(allowed))}",
+        unknown[0],
     )
+
+
+def _too_many_points(count: int, limits: PromptLimits) -> PromptError:
+    return PromptError(
+        "too_many_points",
+        f"'points' has {count} points; at most {limits.max_points} per prompt",
+        "points",
+    )
+
+
+def _in_range(value: int | None, name: str, high: int) -> int | None:
+    if value is not None and not 0 <= value <= high:
+        raise _bad(f"'{name}' must be in [0, {high}], got {value}", name)
+    return value
+
+
+def _prompt(wire: models.Prompt, limits: PromptLimits) -> AddPrompt:
+    """What the schema cannot say: limits configured at run time, and rules that tie
+    fields together."""
+    points = wire.points or ()
+    if len(points) > limits.max_points:
+        raise _too_many_points(len(points), limits)
+    labels = wire.labels or ()
+    for i, label in enumerate(labels):
+        if label not in (0, 1):
+            raise _bad(
+                f"'labels[{i}]' must be 1 (positive) or 0 (negative), got {label!r}", f"labels[{i}]"
+            )
+    if len(labels) != len(points):
+        raise _bad(
+            f"'labels' has {len(labels)} entries but 'points' has {len(points)}; "
+            "give one label per point",
+            "labels",
+        )
+    box = wire.box
+    if box is not None and not (box[0] < box[2] and box[1] < box[3]):
+        raise _bad(f"'box' must have x0 < x1 and y0 < y1, got {list(box)}", "box")
+    if not points and box is None:
+        raise PromptError("empty_prompt", "a prompt needs 'points' (with 'labels') or a 'box'")
+    return AddPrompt(
+        track_id=_in_range(wire.track_id, "track_id", limits.max_track_id),
+        points=points,
+        labels=labels,
+        box=box,
+        frame_seq=_in_range(wire.frame_seq, "frame_seq", models.MAX_SEQ),
+        clear_old_points=wire.clear_old_points is not False,
+        request_id=wire.request_id,
+    )
+
+
+def _checked(wire: WireMessage, limits: PromptLimits) -> ClientMessage:
+    request_id = wire.request_id
+    if request_id is not None and len(request_id) > limits.max_request_id_chars:
+        raise _bad(
+            f"'request_id' is limited to {limits.max_request_id_chars} characters", "request_id"
+        )
+    if isinstance(wire, models.Prompt):
+        return _prompt(wire, limits)
+    if isinstance(wire, models.Remove):
+        track_id = _in_range(wire.track_id, "track_id", limits.max_track_id)
+        assert track_id is not None
+        return RemoveTrack(track_id, request_id)
+    if isinstance(wire, models.Reset):
+        return ResetTracks(request_id)
+    return SetOptions(wire.encoding, wire.include_masks, request_id)
 
 
 def parse_client_message(
@@ -283,39 +299,12 @@ def parse_client_message(
     Text and bytes are size-checked against ``limits.max_message_bytes`` before parsing;
     an already-parsed mapping is trusted to have been bounded by its transport.
     """
-    limits = limits or PromptLimits()
+    limits = limits or _DEFAULT_LIMITS
     if isinstance(raw, str | bytes | bytearray):
-        _check_size(raw, limits)
-        try:
-            body: Any = strictjson.loads(raw)
-        except strictjson.JSONRefused as exc:
-            raise PromptError("bad_json", f"message refused: {exc}") from None
+        wire = _decode(raw, limits, _CLIENT)
     else:
-        body = raw
-    if not isinstance(body, Mapping):
-        raise PromptError("bad_json", f"message must be a JSON object, got {type(body).__name__}")
-    kind = body.get("type")
-    if not isinstance(kind, str) or kind not in _FIELDS:
-        raise PromptError("unknown_type", f"'type' must be one of {_TYPES}, got {kind!r}")
-    unknown = _unknown_fields(kind, body)
-    if unknown is not None:
-        raise unknown
-    request_id = body.get("request_id")
-    if request_id is not None:
-        if not isinstance(request_id, str):
-            raise _bad(f"'request_id' must be a string, got {request_id!r}")
-        if len(request_id) > limits.max_request_id_chars:
-            raise _bad(f"'request_id' is limited to {limits.max_request_id_chars} characters")
-    if kind == "prompt":
-        return _parse_prompt(body, limits, request_id)
-    if kind == "remove":
-        track_id = _int(body, "track_id", limits.max_track_id)
-        if track_id is None:
-            raise _bad("'track_id' is required: the integer id of the track to remove")
-        return RemoveTrack(track_id, request_id)
-    if kind == "reset":
-        return ResetTracks(request_id)
-    return _parse_options(body, request_id)
+        wire = _convert(raw, models.AnyClientMessage, limits)
+    return _checked(wire, limits)
 
 
 def parse_feed_message(
@@ -323,18 +312,55 @@ def parse_feed_message(
 ) -> FeedMessage:
     """A websocket mask-feed message: `{"type": "next"}` (no other field) or any
     message `parse_client_message` takes, refused the same way."""
-    limits = limits or PromptLimits()
-    _check_size(raw, limits)
-    try:
-        body: Any = strictjson.loads(raw)
-    except strictjson.JSONRefused as exc:
-        raise PromptError("bad_json", f"message refused: {exc}") from None
-    if isinstance(body, Mapping) and body.get("type") == "next":
-        extra = sorted(str(k) for k in body if k != "type")
-        if extra:
-            raise _bad(f"a 'next' message has no other field, got {', '.join(extra)}")
+    limits = limits or _DEFAULT_LIMITS
+    wire = _decode(raw, limits, _FEED)
+    if isinstance(wire, models.Next):
         return NextResult()
-    return parse_client_message(body, limits)
+    return _checked(wire, limits)
+
+
+def request_schema(limits: PromptLimits, types: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON Schema of the client messages `types` (e.g. a REST body), from the
+    models, with `limits` in place of the published defaults; self-contained (no
+    references), so it can sit in any document (an OpenAPI request body)."""
+    by_tag = _TAGS[models.AnyClientMessage]
+    union = functools.reduce(operator.or_, [by_tag[t] for t in types])
+    (root,), defs = msgspec.json.schema_components([union], ref_template="{name}")
+    if "Prompt" in defs:
+        defs["Prompt"].update(copy.deepcopy(dict(models.PROMPT_RULES)))
+    for schema in defs.values():
+        props = schema.get("properties", {})
+        for name, bound in (
+            ("points", ("maxItems", limits.max_points)),
+            ("labels", ("maxItems", limits.max_points)),
+            ("request_id", ("maxLength", limits.max_request_id_chars)),
+            ("track_id", ("maximum", limits.max_track_id)),
+        ):
+            if name in props:
+                _set_bound(props[name], *bound)
+    inlined: dict[str, Any] = _inline(root, defs)
+    inlined.pop("discriminator", None)  # an OpenAPI keyword whose mapping named the refs
+    return inlined
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, list):
+        return [_inline(s, defs) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _inline(v, defs) for k, v in schema.items() if k != "$ref"}
+    if "$ref" in schema:
+        out = {**_inline(defs[schema["$ref"]], defs), **out}
+    return out
+
+
+def _set_bound(schema: dict[str, Any], key: str, value: int) -> None:
+    """Replace the published default `key` wherever it stands in a property's schema
+    (beside its description, or inside the non-null branch of an `anyOf`)."""
+    if key in schema:
+        schema[key] = value
+    for branch in schema.get("anyOf", ()):
+        _set_bound(branch, key, value)
 
 
 def check_prompt_in_frame(prompt: AddPrompt, width: int, height: int) -> None:
@@ -364,17 +390,23 @@ def check_prompt_in_frame(prompt: AddPrompt, width: int, height: int) -> None:
             )
 
 
+class _RequestIdOnly(msgspec.Struct):
+    request_id: str | None = None
+
+
+_PEEK = msgspec.json.Decoder(_RequestIdOnly)
+
+
 def peek_request_id(raw: str | bytes | bytearray, limits: PromptLimits | None = None) -> str | None:
     """The request id of a message that may fail validation, so its error reply can be
     matched to the request; None when there is none to be had."""
-    limits = limits or PromptLimits()
+    limits = limits or _DEFAULT_LIMITS
     if len(raw) > limits.max_message_bytes:
         return None
     try:
-        body = strictjson.loads(raw)
-    except (strictjson.JSONRefused, TypeError):
+        rid = _PEEK.decode(raw).request_id
+    except (msgspec.DecodeError, RecursionError):
         return None
-    rid = body.get("request_id") if isinstance(body, dict) else None
-    if isinstance(rid, str) and len(rid) <= limits.max_request_id_chars:
+    if rid is not None and len(rid) <= limits.max_request_id_chars:
         return rid
     return None

@@ -244,6 +244,10 @@ class Error(_ServerMessage, frozen=True, kw_only=True):
     type: Literal["error"]
     code: Annotated[str, Meta(description="machine-readable reason")]
     message: Annotated[str, Meta(description="what was refused and what is expected instead")]
+    field: Annotated[
+        str | UnsetType,
+        Meta(description="the refused field, as the protocol writes it (`points[0][1]`)"),
+    ] = UNSET
     request_id: Annotated[
         str | UnsetType, Meta(description="the refused request's `request_id`, if it had one")
     ] = UNSET

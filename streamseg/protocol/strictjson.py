@@ -43,7 +43,7 @@ def _real(text: str) -> float:
     return value
 
 
-def _too_deep(value: Any, max_depth: int) -> bool:
+def too_deep(value: Any, max_depth: int) -> bool:
     """Iterative, so a check can never exceed the stack it guards."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -83,6 +83,6 @@ def loads(
         raise JSONRefused(f"nested more than {max_depth} levels deep") from None
     except json.JSONDecodeError as exc:
         raise JSONRefused(f"not valid JSON: {exc}") from None
-    if isinstance(value, dict | list) and max_depth >= 1 and _too_deep(value, max_depth):
+    if isinstance(value, dict | list) and max_depth >= 1 and too_deep(value, max_depth):
         raise JSONRefused(f"nested more than {max_depth} levels deep")
     return value

@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from streamseg.protocol.prompts import PromptLimits
+from streamseg.protocol import error_codes
+from streamseg.protocol.prompts import PromptLimits, request_schema
 from streamseg.protocol.segment_request import BASE64_PATTERN
 from streamseg.protocol.segment_request import request_schema as common_request_schema
 
@@ -40,8 +41,11 @@ class ErrorDetail(BaseModel):
     reason: str | None = Field(
         None, description="`bad_url` and image URL fetch codes: the source policy's reason"
     )
-    request_id: str | None = Field(
+    error_id: str | None = Field(
         None, description="`internal`: the id under which the server logged the failure"
+    )
+    request_id: str | None = Field(
+        None, description="`internal`: the same id as `error_id` (its older name, kept for clients)"
     )
 
 
@@ -204,17 +208,7 @@ COMMON: dict[int, tuple[str, ...]] = {
 REST_LIMITS = ("rate_limited", "busy")
 NOT_READY = ("not_ready",)
 WORKER = ("not_ready", "busy", "shutting_down")
-PROMPT_CODES = (
-    "bad_json",
-    "bad_field",
-    "unknown_type",
-    "too_many_points",
-    "empty_prompt",
-    "out_of_frame",
-    "future_frame",
-    "invalid_prompt",
-    "too_many_tracks",
-)
+PROMPT_CODES = error_codes.PROMPT_CODES
 IMAGE_PROMPT_CODES = (
     "bad_field",
     "missing_prompts",
@@ -355,7 +349,6 @@ def error_responses(method: str, path: str) -> dict[int | str, dict[str, Any]]:
 # ---- request bodies the routes read by hand ---------------------------------------------
 
 _NUMBER = {"type": "number"}
-_SEQ_MAX = 2**63 - 1
 
 
 def _prompt_fields(max_points: int) -> dict[str, Any]:
@@ -505,52 +498,9 @@ def _cached_segment_body(max_prompts: int, max_points: int) -> dict[str, Any]:
 
 
 def stream_message_schema(limits: PromptLimits) -> dict[str, Any]:
-    """The client messages a stream takes over REST (`prompt`, `remove`, `reset`), as
-    on the websocket (docs/PROTOCOL.md)."""
-    request_id = {"type": ["string", "null"], "maxLength": limits.max_request_id_chars}
-    track_id = {"type": "integer", "minimum": 0, "maximum": limits.max_track_id}
-    return {
-        "oneOf": [
-            {
-                "title": "prompt",
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["type"],
-                "properties": {
-                    "type": {"const": "prompt"},
-                    "track_id": {**track_id, "type": ["integer", "null"]},
-                    **_prompt_fields(limits.max_points),
-                    "frame_seq": {
-                        "type": ["integer", "null"],
-                        "minimum": 0,
-                        "maximum": _SEQ_MAX,
-                        "description": "a frame this stream has received; default the newest",
-                    },
-                    "clear_old_points": {"type": ["boolean", "null"]},
-                    "request_id": request_id,
-                },
-                **_NOT_EMPTY,
-            },
-            {
-                "title": "remove",
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["type", "track_id"],
-                "properties": {
-                    "type": {"const": "remove"},
-                    "track_id": track_id,
-                    "request_id": request_id,
-                },
-            },
-            {
-                "title": "reset",
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["type"],
-                "properties": {"type": {"const": "reset"}, "request_id": request_id},
-            },
-        ]
-    }
+    """The client messages a stream takes over REST (`prompt`, `remove`, `reset`): the
+    websocket's own models (docs/PROTOCOL.md), with this server's limits."""
+    return request_schema(limits, ("prompt", "remove", "reset"))
 
 
 def request_bodies(

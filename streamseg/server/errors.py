@@ -46,7 +46,8 @@ def report_internal(
 def internal_error_body(error_id: str) -> dict[str, Any]:
     """The REST body of an unexpected failure (the shape of every REST refusal)."""
     message = internal_error_text(error_id)
-    return {"detail": {"code": "internal", "message": message, "request_id": error_id}}
+    detail = {"code": "internal", "message": message, "error_id": error_id, "request_id": error_id}
+    return {"detail": detail}
 
 
 class InternalErrorMiddleware:

@@ -8,7 +8,6 @@ in `protocol/messages.py: reduce_masks`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -16,6 +15,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from streamseg.media.frame import Frame
@@ -111,7 +111,7 @@ class _Cache:
                 if seq == self.seq:
                     self.entries[key] = found
         tracks, size, blobs = found
-        out = dataclasses.replace(msg, tracks=tracks, mask_size=size, mask_crop=view.crop)
+        out = msgspec.structs.replace(msg, tracks=tracks, mask_size=size, mask_crop=view.crop)
         return encode_frame_message(out, encoded=blobs)
 
 
@@ -149,7 +149,7 @@ def reduced_placed(
     placed_at = time.perf_counter()
     session = camera.session
     msg = placed_message(placed, session.id, time.time(), session.counters.dropped)
-    msg = dataclasses.replace(msg, encoding=encoding)
+    msg = msgspec.structs.replace(msg, encoding=encoding)
     key: _Key = ("source", frame.seq, encoding, view)
     data = cache.message(key, msg, [t.mask for t in placed.tracks])
     return Encoded(data, frame.capture_ts, placed_at - start, time.perf_counter() - placed_at)

@@ -419,7 +419,7 @@ async def _receive_prompts(feed: _Feed) -> None:
                 result = await apply_message(runtime, feed.camera.session, msg)
         except (PromptError, TrackerError, _Forbidden) as exc:
             outcome = 403 if isinstance(exc, _Forbidden) else 422
-            reply = error_message(exc.code, str(exc), request_id)
+            reply = error_message(exc.code, str(exc), request_id, getattr(exc, "field", None))
         except (WorkerBusyError, WorkerStoppedError) as exc:
             outcome = 503
             reply = error_message("busy", str(exc), request_id)

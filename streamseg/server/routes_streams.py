@@ -18,6 +18,7 @@ from streamseg.media.sources import SourceError, SourceOptions, SourceReader, ve
 from streamseg.model.errors import TrackerError
 from streamseg.pipeline.stream import MAX_INTERVAL
 from streamseg.pipeline.worker import WorkerBusyError, WorkerStoppedError
+from streamseg.protocol.error_codes import http_status
 from streamseg.protocol.prompts import (
     PromptError,
     parse_client_message,
@@ -278,11 +279,14 @@ async def prompt_stream(stream_id: str, request: Request) -> dict[str, Any]:
         msg = parse_client_message(body, limits)
         return await apply_message(runtime, camera.session, msg)
     except PromptError as exc:
-        status = 413 if exc.code == "too_large" else 422
-        raise HTTPException(status, {"code": exc.code, "message": str(exc)}) from None
+        detail = {"code": exc.code, "message": str(exc)}
+        if exc.field is not None:
+            detail["field"] = exc.field
+        raise HTTPException(http_status(exc.code), detail) from None
     except TrackerError as exc:
-        status = 404 if exc.code == "unknown_track" else 409 if exc.code == "no_frame_yet" else 422
-        raise HTTPException(status, {"code": exc.code, "message": str(exc)}) from None
+        raise HTTPException(
+            http_status(exc.code), {"code": exc.code, "message": str(exc)}
+        ) from None
     except (WorkerBusyError, WorkerStoppedError) as exc:
         raise HTTPException(503, {"code": "busy", "message": str(exc)}) from None
 

@@ -8,11 +8,12 @@ source-rate clients of one camera cost one placement and one encoding per frame.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+
+import msgspec
 
 from streamseg.media.frame import Frame
 from streamseg.pipeline.egress import PlacedFrame, SourceRateMasks
@@ -80,7 +81,7 @@ class PlacedFrames:
         session = self.session
         msg = placed_message(placed, session.id, time.time(), session.counters.dropped)
         if encoding is not None:
-            msg = dataclasses.replace(msg, encoding=encoding)
+            msg = msgspec.structs.replace(msg, encoding=encoding)
         data = encode_frame_message(msg, encoded=blobs)
         return Encoded(data, frame.capture_ts, placed_at - start, time.perf_counter() - placed_at)
 

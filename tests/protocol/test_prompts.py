@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import pytest
 
 from streamseg.protocol.masks import MaskEncoding
@@ -40,7 +40,7 @@ def test_valid_messages(case: dict[str, Any]) -> None:
     for raw in (case["raw"], case["raw"].encode(), json.loads(case["raw"])):
         msg = parse_client_message(raw)
         assert type(msg) is KINDS[case["kind"]]
-        assert json.loads(json.dumps(dataclasses.asdict(msg))) == case["expect"]
+        assert json.loads(msgspec.json.encode(msg)) == case["expect"]
 
 
 def test_parsed_types_are_exact() -> None:
