@@ -271,13 +271,18 @@ AnyFeedMessage = Prompt | Remove | Reset | Options | Next
 CLIENT_MESSAGES: Final = (Prompt, Remove, Reset, Options, Next)
 """Every message a client may send."""
 
+_SOME_POINTS = {"required": ["points"], "properties": {"points": {"type": "array", "minItems": 1}}}
+_SOME_LABELS = {"required": ["labels"], "properties": {"labels": {"type": "array", "minItems": 1}}}
 PROMPT_RULES: Final = MappingProxyType(
     {
-        "dependentRequired": {"points": ["labels"], "labels": ["points"]},
-        "anyOf": [
-            {"required": ["points"], "properties": {"points": {"type": "array", "minItems": 1}}},
-            {"required": ["box"], "properties": {"box": {"type": "array"}}},
+        # if/then rather than dependentRequired: a null or empty list is an absent one
+        # (`{"points": null, "box": [...]}` is a box prompt), and null labels with
+        # points are refused like absent ones.
+        "allOf": [
+            {"if": _SOME_POINTS, "then": _SOME_LABELS},
+            {"if": _SOME_LABELS, "then": _SOME_POINTS},
         ],
+        "anyOf": [_SOME_POINTS, {"required": ["box"], "properties": {"box": {"type": "array"}}}],
     }
 )
 """What JSON Schema can say of `Prompt` beyond its fields, merged into its schema:
