@@ -288,6 +288,8 @@ ROUTE_ERRORS: dict[tuple[str, str], dict[int, tuple[str, ...]]] = {
         404: ("unknown_stream",),
         409: ("no_frame_yet",),
     },
+    ("GET", "/v1/protocol/asyncapi.json"): {},
+    ("GET", "/v1/protocol/schemas/{name}.json"): {404: ("unknown_schema",)},
 }
 
 _DESCRIPTIONS = {

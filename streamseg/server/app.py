@@ -168,9 +168,16 @@ def _stream_limits(runtime: Runtime) -> PromptLimits:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from streamseg.server import routes_masks, routes_segment, routes_streams, routes_webrtc
+    from streamseg.server import (
+        routes_masks,
+        routes_protocol,
+        routes_segment,
+        routes_streams,
+        routes_webrtc,
+    )
 
     app.include_router(routes_webrtc.router)
     app.include_router(routes_segment.router)
     app.include_router(routes_streams.router)
     app.include_router(routes_masks.router)
+    app.include_router(routes_protocol.router)
