@@ -42,6 +42,7 @@ from streamseg.media.source_policy import (
     control_characters,
     redact,
 )
+from streamseg.protocol.error_codes import ERROR_CODES
 
 FETCH_SCHEMES: Final = ("http", "https")
 MAX_URL_CHARS: Final = 4096
@@ -50,21 +51,21 @@ USER_AGENT: Final = "streamseg-image-fetch"
 Resolver: TypeAlias = Callable[[str, int], Awaitable[list[str]]]
 """Host name and port -> the addresses to check and connect to (default: the system's)."""
 
-# Codes of the one error table (server/api_errors.py) and the HTTP status each has.
-FETCH_STATUS: Final[dict[str, int]] = {
-    "fetch_disabled": 403,
-    "source_forbidden": 403,
-    "bad_url": 422,
-    "redirect_refused": 422,
-    "fetch_failed": 422,
-    "timeout": 422,
-    "too_large": 413,
-}
+FETCH_CODES: Final = (
+    "fetch_disabled",
+    "source_forbidden",
+    "bad_url",
+    "redirect_refused",
+    "fetch_failed",
+    "timeout",
+    "too_large",
+)
+"""The codes a refused image URL gets (the route answers `fetch_disabled` itself)."""
 
 
 class FetchError(Exception):
-    """An image URL that was not fetched: `code` (a key of `FETCH_STATUS`), `reason`
-    (the source policy's vocabulary) and a message without credentials."""
+    """An image URL that was not fetched: `code` (one of `FETCH_CODES`), `reason` (the
+    source policy's vocabulary) and a message without credentials."""
 
     def __init__(self, code: str, message: str, reason: Reason) -> None:
         super().__init__(message)
@@ -73,7 +74,7 @@ class FetchError(Exception):
 
     @property
     def status(self) -> int:
-        return FETCH_STATUS[self.code]
+        return ERROR_CODES[self.code].status
 
 
 @dataclass(frozen=True, slots=True)

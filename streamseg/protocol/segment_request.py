@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
@@ -28,6 +27,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from streamseg.media.image_fetch import MAX_URL_CHARS
+from streamseg.protocol import explain
 from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.models import Label, dec_hook
 from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
@@ -41,12 +41,6 @@ MASK_ENCODING: Final = (
 Coordinate = Annotated[float, Meta(description="pixels of the image (as displayed, EXIF applied)")]
 
 
-def _finite(values: tuple[float, ...]) -> None:
-    """JSON has no NaN or Infinity; a Python caller could still pass them."""
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("coordinates must be finite numbers")
-
-
 class _CommonPrompt(Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
     """One object to segment: one mask in the answer."""
 
@@ -57,11 +51,6 @@ class PointPrompt(_CommonPrompt, frozen=True, tag="point"):
     x: Coordinate
     y: Coordinate
     label: Label = 1
-
-    def __post_init__(self) -> None:
-        _finite((self.x, self.y))
-        if self.label not in (0, 1):
-            raise ValueError(f"'label' must be 1 (positive) or 0 (negative), got {self.label}")
 
     def to_native(self) -> dict[str, Any]:
         return {"points": [[self.x, self.y]], "labels": [self.label]}
@@ -74,12 +63,6 @@ class BoxPrompt(_CommonPrompt, frozen=True, tag="box"):
         tuple[float, float, float, float],
         Meta(description="[x0, y0, x1, y1] in pixels of the image, with x0 < x1 and y0 < y1"),
     ]
-
-    def __post_init__(self) -> None:
-        _finite(self.bbox)
-        x0, y0, x1, y1 = self.bbox
-        if not (x0 < x1 and y0 < y1):
-            raise ValueError(f"'bbox' must have x0 < x1 and y0 < y1, got {list(self.bbox)}")
 
     def to_native(self) -> dict[str, Any]:
         return {"box": list(self.bbox)}
@@ -125,10 +108,25 @@ class CommonSegmentRequest(Struct, frozen=True, forbid_unknown_fields=True):
             try:
                 parsed = parse_client_message({"type": "prompt", **prompt.to_native()}, limits)
             except PromptError as exc:
-                raise RequestError(exc.code, f"prompts[{i}]: {exc}", f"prompts[{i}]") from None
+                raise _in_common_terms(exc, i) from None
             assert isinstance(parsed, AddPrompt)
             out.append(parsed)
         return out
+
+
+# A native prompt's fields as the common prompt names them (`box[2]` -> `bbox[2]`).
+_COMMON_NAMES: Final = {"labels[0]": "label", "points[0][0]": "x", "points[0][1]": "y"}
+
+
+def _in_common_terms(exc: PromptError, index: int) -> RequestError:
+    """A native refusal of `prompts[index]`, naming the field the client sent."""
+    native = exc.field
+    where = f"prompts[{index}]"
+    if not native:
+        return RequestError(exc.code, f"{where}: {exc}", where)
+    common = _COMMON_NAMES.get(native) or re.sub(r"^box", "bbox", native)
+    field = f"{where}.{common}"
+    return RequestError(exc.code, str(exc).replace(f"'{native}'", f"'{field}'"), field)
 
 
 # ---- answers -----------------------------------------------------------------------------
@@ -245,7 +243,7 @@ def decode_request(body: Mapping[str, Any], max_prompts: int) -> CommonSegmentRe
     try:
         request = msgspec.convert(body, CommonSegmentRequest, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
-        raise _field_error(str(exc), body) from None
+        raise _field_error(exc, body) from None
     has_url, has_data = request.image_url is not UNSET, request.image_base64 is not UNSET
     if not (has_url or has_data):
         raise RequestError("missing_image", "give 'image_url' or 'image_base64'", "image_url")
@@ -256,48 +254,44 @@ def decode_request(body: Mapping[str, Any], max_prompts: int) -> CommonSegmentRe
     return request
 
 
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
-_TAGS = {"point": PointPrompt, "box": BoxPrompt}
+_MISSING_TYPE = "Object missing required field `type`"
+_TAGS: Final = {"point": PointPrompt, "box": BoxPrompt}
 
 
-def _allowed_at(path: str, body: Mapping[str, Any]) -> tuple[str, ...]:
-    """The fields of the object at a msgspec error path (`.prompts[2]` or ``)."""
-    if not path:
-        return CommonSegmentRequest.__struct_fields__
-    match = re.fullmatch(r"\.prompts\[(\d+)\]", path)
-    if match:
-        entry = body["prompts"][int(match.group(1))]
-        tag = entry.get("type") if isinstance(entry, dict) else None
-        struct = _TAGS.get(tag) if isinstance(tag, str) else None
-        if struct is not None:
-            return ("type", *struct.__struct_fields__)
-    return ()
+def _prompt_tag(path: explain.Path, body: Mapping[str, Any]) -> str | None:
+    """The `type` of the prompt a path leads into (`prompts[2].x` -> that prompt's)."""
+    if len(path) < 2 or path[0] != "prompts" or not isinstance(path[1], int):
+        return None
+    entry = explain.value_at(body, path[:2])
+    tag = entry.get("type") if isinstance(entry, dict) else None
+    return tag if isinstance(tag, str) and tag in _TAGS else None
 
 
-def _field_error(text: str, body: Mapping[str, Any]) -> RequestError:
-    """msgspec's message as ours: the field dotted, a hint for a misspelt name."""
-    match = _AT.match(text)
-    what, path = (match.group("what"), match.group("path") or "") if match else (text, "")
-    where = path.lstrip(".")
-    if unknown := _UNKNOWN.match(what):
-        name = unknown.group("name")
-        allowed = _allowed_at(path, body)
+def _field_error(exc: msgspec.ValidationError, body: Mapping[str, Any]) -> RequestError:
+    """msgspec's refusal in the protocol's words (`explain`), the field dotted; a
+    misspelt field name gets a hint, a prompt's `type` the two it may be."""
+    reason, path = explain.error_path(exc)
+    tag = _prompt_tag(path, body)
+    where = explain.path_text(path)
+    if unknown := _UNKNOWN.match(reason):
+        name = unknown["name"]
+        struct = _TAGS[tag] if tag else CommonSegmentRequest
+        allowed = sorted({*struct.__struct_fields__, *(("type",) if tag else ())})
         close = difflib.get_close_matches(name, allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         inside = f" in {where}" if where else ""
-        message = f"unknown field '{name}'{inside}{hint}; allowed: {', '.join(sorted(allowed))}"
+        message = f"unknown field '{name}'{inside}{hint}; allowed: {', '.join(allowed)}"
         return RequestError("bad_field", message, f"{where}.{name}" if where else name)
-    if missing := _MISSING.match(what):
-        name = missing.group("name")
-        field = f"{where}.{name}" if where else name
-        if name == "type":
-            return RequestError("bad_field", f"'{field}' is required: 'point' or 'box'", field)
-        return RequestError("bad_field", f"'{field}' is required", field)
-    if where.endswith(".type") and what.startswith("Invalid value"):
-        return RequestError("bad_field", f"'{where}' must be 'point' or 'box': {what}", where)
-    return RequestError("bad_field", f"{where}: {what}" if where else what, where or None)
+    if reason == _MISSING_TYPE or (path[-1:] == ("type",) and tag is None):
+        field = f"{where}.type" if reason == _MISSING_TYPE else where
+        return RequestError("bad_field", f"'{field}' must be 'point' or 'box'", field)
+    if len(path) == 2 and path[0] == "prompts" and tag is None:  # not an object at all
+        got = explain.shown(explain.value_at(body, path))
+        message = f"'{where}' must be an object whose 'type' is 'point' or 'box', got {got}"
+        return RequestError("bad_field", message, where)
+    field, message = explain.explain(exc, CommonSegmentRequest, body, quote=True, tag=tag)
+    return RequestError("bad_field", message, field or None)
 
 
 # ---- OpenAPI -----------------------------------------------------------------------------

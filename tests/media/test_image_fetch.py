@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from streamseg.media.image_fetch import (
+    FETCH_CODES,
     FetchError,
     FetchLimits,
     Resolver,
@@ -23,6 +24,7 @@ from streamseg.media.image_fetch import (
     status_refusal,
 )
 from streamseg.media.source_policy import HostRule, Reason, SourcePolicy
+from streamseg.protocol.error_codes import ERROR_CODES
 from tests.image_server import PNG, Seen, image_server
 from tests.source_servers import TcpRecorder, self_signed
 
@@ -284,3 +286,15 @@ def test_url_text_rules() -> None:
     assert host_header(httpx.URL("https://cam.example:443/")) == "cam.example"
     shown = shown_url("http://u:pw1@cam.example/a.jpg?next=http://v:pw2@x/#t=pw3")
     assert shown == "http://u:***@cam.example/a.jpg?..."
+
+
+def test_every_fetch_code_is_in_the_one_error_table() -> None:
+    assert {c: ERROR_CODES[c].status for c in FETCH_CODES} == {
+        "fetch_disabled": 403,
+        "source_forbidden": 403,
+        "bad_url": 422,
+        "redirect_refused": 422,
+        "fetch_failed": 422,
+        "timeout": 422,
+        "too_large": 413,
+    }

@@ -73,38 +73,51 @@ def test_label_defaults_to_positive_and_whole_floats_are_integers() -> None:
             "prompts[0].type",
             "'point' or 'box'",
         ),
-        ({**GUIDE, "prompts": [{"x": 1, "y": 2}]}, "bad_field", "prompts[0].type", "required"),
+        ({**GUIDE, "prompts": [{"x": 1, "y": 2}]}, "bad_field", "prompts[0].type", "'point' or"),
         (
             {**GUIDE, "prompts": [{"type": "box", "bbox": [9, 1, 3, 4]}]},
             "bad_field",
-            "prompts[0]",
-            "x0 < x1 and y0 < y1",
+            "prompts[0].bbox",
+            "'prompts[0].bbox' must have x0 < x1 and y0 < y1",
         ),
         (
             {**GUIDE, "prompts": [{"type": "point", "x": 1, "y": 2, "label": 3}]},
             "bad_field",
-            "prompts[0]",
-            "'label' must be 1 (positive) or 0 (negative)",
+            "prompts[0].label",
+            "'prompts[0].label' must be 1 (positive) or 0 (negative)",
         ),
         (
             {**GUIDE, "prompts": [{"type": "point", "x": 1, "y": 2, "label": 0.5}]},
             "bad_field",
             "prompts[0].label",
-            "integer",
+            "got 0.5",
         ),
         (
             {**GUIDE, "prompts": [{"type": "point", "x": float("nan"), "y": 2}]},
             "bad_field",
-            "prompts[0]",
+            "prompts[0].x",
             "finite",
         ),
-        ({**GUIDE, "image_url": 7}, "bad_field", "image_url", "str"),
+        ({**GUIDE, "image_url": 7}, "bad_field", "image_url", "must be a string"),
+        (
+            {**GUIDE, "prompts": [{"type": "box", "bbox": [0, 0, float("inf"), 1]}]},
+            "bad_field",
+            "prompts[0].bbox[2]",
+            "finite",
+        ),
+        ({**GUIDE, "prompts": ["point"]}, "bad_field", "prompts[0]", "'point' or 'box'"),
+        (
+            {**GUIDE, "prompts": [{"type": "point", "y": 1}]},
+            "bad_field",
+            "prompts[0].x",
+            "required",
+        ),
         ({**GUIDE, "image_url": "h" * 5000}, "bad_field", "image_url", "4096"),
     ],
 )
 def test_refusals_name_the_field(body: dict[str, Any], code: str, field: str, words: str) -> None:
     with pytest.raises(RequestError) as info:
-        decode_request(body, max_prompts=4)
+        decode_request(body, max_prompts=4).add_prompts()
     error = info.value
     assert (error.code, error.field) == (code, field), error
     assert words in str(error), error
