@@ -2,7 +2,8 @@
 robot clients, with one more client present that never reads; bytes per message with
 smaller masks (`scale`, `max_side`, `crop`); and how old the results are that a plain
 `websockets` client reading once a second gets, pushed (library receive queue 16 or 1)
-and pulled (`delivery=pull`).
+and pulled (`delivery=pull`); and the CPU a client spends decoding and validating one
+frame header, and the server one prompt (`bench.codec_cost`).
 
 The source is a generated 640x480 H.264 file looped at 30 fps, the model the reduced
 `test` one (the point is the fan-out, not the model)."""
@@ -21,6 +22,7 @@ import httpx
 import numpy as np
 import websockets
 
+from streamseg.bench.codec_cost import codec_costs, describe
 from streamseg.media.synthetic import shape_boxes, write_h264
 from streamseg.protocol.messages import decode_frame_header, decode_frame_message
 
@@ -57,17 +59,17 @@ SLOW_MODES = {  # name -> (query, max_queue)
 }
 
 
-async def _sizes(url: str, headers: dict[str, str], count: int = 10) -> list[int]:
-    """Bytes of `count` frame messages with masks."""
+async def _frames(url: str, headers: dict[str, str], count: int = 10) -> list[bytes]:
+    """`count` binary frame messages with tracks."""
     async with websockets.connect(
         url, additional_headers=headers, compression=None, max_size=None
     ) as ws:
         await ws.recv()
-        out: list[int] = []
+        out: list[bytes] = []
         while len(out) < count:
             data = await asyncio.wait_for(ws.recv(), 5)
             if isinstance(data, bytes) and decode_frame_header(data).tracks:
-                out.append(len(data))
+                out.append(data)
         return out
 
 
@@ -100,6 +102,7 @@ async def measure(seconds: float, encoding: str, slow_reads: int = 30) -> dict[s
     rows = []
     sizes: list[dict[str, Any]] = []
     slow: list[dict[str, Any]] = []
+    live: list[bytes] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_server(source_media_root=tmp) as (url, runtime),  # the clip is a file source
@@ -135,9 +138,10 @@ async def measure(seconds: float, encoding: str, slow_reads: int = 30) -> dict[s
                     }
                 )
             for view in VIEWS:
-                got = await _sizes(ws_url + view, headers)
+                got = await _frames(ws_url + view, headers)
                 name = view.lstrip("&") or "full"
-                sizes.append({"view": name, "bytes_p50": float(np.median(got))})
+                sizes.append({"view": name, "bytes_p50": float(np.median([len(g) for g in got]))})
+                live = live or got
             if slow_reads > 0:
                 ages = await asyncio.gather(
                     *(_slow(ws_url + q, headers, slow_reads, mq) for q, mq in SLOW_MODES.values())
@@ -155,7 +159,9 @@ async def measure(seconds: float, encoding: str, slow_reads: int = 30) -> dict[s
                         }
                     )
             await http.delete(f"/v1/streams/{sid}")
-    return {"rows": rows, "sizes": sizes, "slow_plain_client": slow}
+    # Measured once the server has stopped: nothing else runs on the CPU meanwhile.
+    codec = codec_costs(live[-1] if live else None)
+    return {"rows": rows, "sizes": sizes, "slow_plain_client": slow, "codec_us": codec}
 
 
 def run_websocket_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,6 +177,7 @@ def run_websocket_bench(args: argparse.Namespace) -> dict[str, Any]:
     print(f"bytes per message ({args.encoding}, 3 tracks, 640x480):")
     for r in measured["sizes"]:
         print(f"{r['view']:>22} {r['bytes_p50']:>9.0f} B")
+    print(f"decode+validate per message (this CPU): {describe(measured['codec_us'])}")
     if measured["slow_plain_client"]:
         print("a plain websockets client reading once a second (age = now - capture time):")
         for r in measured["slow_plain_client"]:
