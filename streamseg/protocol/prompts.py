@@ -48,10 +48,10 @@ class PromptError(ValueError):
 class PromptLimits:
     """Bounds that keep one client from making the tracker do unbounded work."""
 
-    max_points: int = 32
-    max_track_id: int = 2**31 - 1
-    max_message_bytes: int = 64 * 1024
-    max_request_id_chars: int = 128
+    max_points: int = models.DEFAULT_LIMITS.max_points
+    max_track_id: int = models.DEFAULT_LIMITS.max_track_id
+    max_message_bytes: int = models.DEFAULT_LIMITS.max_message_bytes
+    max_request_id_chars: int = models.DEFAULT_LIMITS.max_request_id_chars
 
 
 _DEFAULT_LIMITS = PromptLimits()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from websockets.sync.client import connect as ws_connect
 
 from streamseg.media.synthetic import scene_frame, write_h264
 from streamseg.protocol.prompts import PromptLimits
@@ -308,3 +310,36 @@ def test_malformed_multipart_is_422_bad_multipart(http: httpx.Client) -> None:
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
     for path in ("/v1/images", "/v1/segment"):
         _detail(http.post(path, content=body, headers=headers), 422, "bad_multipart")
+
+
+def test_a_message_is_refused_alike_on_rest_and_the_websocket(
+    http: httpx.Client, server: tuple[str, Runtime, Path]
+) -> None:
+    """One model decodes a client message on every surface: the same code, field and
+    words whichever way it came."""
+    sid, _ = _stream_with_frames(http, server[2])
+    ws_url = server[0].replace("http", "ws", 1) + f"/v1/streams/{sid}/masks"
+    refused = [
+        ({"type": "prompt", "points": [[1, "x"]], "labels": [1]}, "bad_field", "points[0][1]"),
+        ({"type": "prompt", "points": [[1, 1]], "lables": [1]}, "bad_field", "lables"),
+        ({"type": "remove"}, "bad_field", "track_id"),
+        ({"type": "prompt", "box": [0, 0, 1, 1], "track_id": 1.5}, "bad_field", "track_id"),
+        ({"type": "prompt"}, "empty_prompt", None),
+        ({"type": "zoom"}, "unknown_type", None),
+    ]
+    try:
+        with ws_connect(ws_url, additional_headers=AUTH) as ws:
+            ws.recv()  # hello
+            for body, code, field in refused:
+                detail = _detail(http.post(f"/v1/streams/{sid}/prompts", json=body), 422, code)
+                ws.send(json.dumps(body))
+                while not isinstance(reply := ws.recv(timeout=10), str):
+                    pass  # frame messages
+                error = json.loads(reply)
+                assert error["type"] == "error", error
+                assert detail.get("field") == error.get("field") == field, (detail, error)
+                assert error["code"] == code
+                if code != "unknown_type":  # the feed also lists its own `next`
+                    assert detail["message"] == error["message"]
+    finally:
+        http.delete(f"/v1/streams/{sid}")
