@@ -23,6 +23,7 @@ from streamseg.protocol.prompts import (
     parse_client_message,
     parse_feed_message,
     peek_request_id,
+    request_schema,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -242,3 +243,46 @@ def test_next_is_a_feed_message_only() -> None:
         with pytest.raises(PromptError) as refused:
             parse_feed_message(raw)
         assert refused.value.code == code, raw
+
+
+def test_refusals_name_the_field_for_programs() -> None:
+    for raw, field in [
+        ({"type": "prompt", "points": [[1, "x"]], "labels": [1]}, "points[0][1]"),
+        ({"type": "prompt", "points": [[1, 1]], "lables": [1]}, "lables"),
+        ({"type": "remove"}, "track_id"),
+        ({"type": "prompt", "points": [[1, 1]] * 33, "labels": [1] * 33}, "points"),
+        ('{"type": "prompt", "box": [0, 0, 1, 1], "track_id": -1}', "track_id"),
+        ({"type": "prompt"}, None),
+    ]:
+        with pytest.raises(PromptError) as info:
+            parse_client_message(raw)
+        assert info.value.field == field, (raw, str(info.value))
+
+
+def test_request_schema_is_the_models_with_the_configured_limits() -> None:
+    """A REST body's schema: self-contained (it sits inside the OpenAPI document), the
+    server's own limits in place of the published defaults, and refusing what the
+    parser refuses for those limits."""
+    jsonschema = pytest.importorskip("jsonschema")
+    limits = PromptLimits(max_points=2, max_track_id=9)
+    schema = request_schema(limits, ("prompt", "remove", "reset"))
+    assert "$ref" not in json.dumps(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for body in [
+        {"type": "prompt", "box": [0, 0, 1, 1]},
+        {"type": "prompt", "points": [[1, 1], [2, 2]], "labels": [1, 0], "track_id": 9},
+        {"type": "remove", "track_id": 3.0},
+        {"type": "reset", "request_id": "r"},
+    ]:
+        assert validator.is_valid(body), body
+        parse_client_message(body, limits)
+    for body in [
+        {"type": "prompt", "points": [[1, 1]] * 3, "labels": [1] * 3},
+        {"type": "remove", "track_id": 10},
+        {"type": "prompt"},
+        {"type": "reset", "colour": "red"},
+    ]:
+        assert not validator.is_valid(body), body
+        with pytest.raises(PromptError):
+            parse_client_message(body, limits)
+    assert not validator.is_valid({"type": "options"})  # set on the websocket, not by REST
