@@ -12,11 +12,8 @@ configures at run time, rules that tie fields together, and refusals worded for 
 
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, get_args
@@ -317,50 +314,6 @@ def parse_feed_message(
     if isinstance(wire, models.Next):
         return NextResult()
     return _checked(wire, limits)
-
-
-def request_schema(limits: PromptLimits, types: tuple[str, ...]) -> dict[str, Any]:
-    """A JSON Schema of the client messages `types` (e.g. a REST body), from the
-    models, with `limits` in place of the published defaults; self-contained (no
-    references), so it can sit in any document (an OpenAPI request body)."""
-    by_tag = _TAGS[models.AnyClientMessage]
-    union = functools.reduce(operator.or_, [by_tag[t] for t in types])
-    (root,), defs = msgspec.json.schema_components([union], ref_template="{name}")
-    if "Prompt" in defs:
-        defs["Prompt"].update(copy.deepcopy(dict(models.PROMPT_RULES)))
-    for schema in defs.values():
-        props = schema.get("properties", {})
-        for name, bound in (
-            ("points", ("maxItems", limits.max_points)),
-            ("labels", ("maxItems", limits.max_points)),
-            ("request_id", ("maxLength", limits.max_request_id_chars)),
-            ("track_id", ("maximum", limits.max_track_id)),
-        ):
-            if name in props:
-                _set_bound(props[name], *bound)
-    inlined: dict[str, Any] = _inline(root, defs)
-    inlined.pop("discriminator", None)  # an OpenAPI keyword whose mapping named the refs
-    return inlined
-
-
-def _inline(schema: Any, defs: dict[str, Any]) -> Any:
-    if isinstance(schema, list):
-        return [_inline(s, defs) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _inline(v, defs) for k, v in schema.items() if k != "$ref"}
-    if "$ref" in schema:
-        out = {**_inline(defs[schema["$ref"]], defs), **out}
-    return out
-
-
-def _set_bound(schema: dict[str, Any], key: str, value: int) -> None:
-    """Replace the published default `key` wherever it stands in a property's schema
-    (beside its description, or inside the non-null branch of an `anyOf`)."""
-    if key in schema:
-        schema[key] = value
-    for branch in schema.get("anyOf", ()):
-        _set_bound(branch, key, value)
 
 
 def check_prompt_in_frame(prompt: AddPrompt, width: int, height: int) -> None:

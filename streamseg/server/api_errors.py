@@ -21,7 +21,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamseg.protocol import error_codes
-from streamseg.protocol.prompts import PromptLimits, request_schema
+from streamseg.protocol.client_schema import request_schema
+from streamseg.protocol.prompts import PromptLimits
 from streamseg.protocol.segment_request import BASE64_PATTERN
 from streamseg.protocol.segment_request import request_schema as common_request_schema
 

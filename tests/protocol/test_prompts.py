@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from streamseg.protocol.client_schema import request_schema
 from streamseg.protocol.masks import MaskEncoding
 from streamseg.protocol.prompts import (
     ERROR_CODES,
@@ -23,7 +24,6 @@ from streamseg.protocol.prompts import (
     parse_client_message,
     parse_feed_message,
     peek_request_id,
-    request_schema,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
