@@ -20,13 +20,28 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from streamseg.protocol import explain, models, strictjson
+from streamseg.protocol import explain, models
+from streamseg.protocol.control import (
+    EVENT_KINDS,
+    TRACK_EVENTS,
+    MessageError,
+    UnknownMessageType,
+    ack_message,
+    check_version,
+    dumps,
+    error_message,
+    hello_message,
+    internal_error_message,
+    internal_error_text,
+    parse_server_text,
+    state_event_message,
+    track_event_message,
+)
 from streamseg.protocol.masks import (
     MaskCodecError,
     MaskEncoding,
@@ -39,10 +54,41 @@ from streamseg.protocol.masks import (
     shrink_mask,
 )
 from streamseg.protocol.models import SCHEMA_REVISION, SCHEMA_VERSION
-from streamseg.protocol.prompts import PromptLimits
-from streamseg.protocol.server_models import SOURCE_STATES, CaptureSource, MaskSource
+from streamseg.protocol.server_models import CaptureSource, MaskSource
 
-__all__ = ["SCHEMA_REVISION", "SCHEMA_VERSION"]  # and everything public below
+__all__ = [
+    "CLOSE_BAD_REQUEST",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_NORMAL",
+    "CLOSE_SHUTDOWN",
+    "CLOSE_UNAUTHORIZED",
+    "CLOSE_UNKNOWN_STREAM",
+    "EVENT_KINDS",
+    "HEADER_LENGTH",
+    "SCHEMA_REVISION",
+    "SCHEMA_VERSION",
+    "TRACK_EVENTS",
+    "FrameResultMessage",
+    "FrameTimes",
+    "MessageError",
+    "TrackResultMeta",
+    "UnknownMessageType",
+    "ack_message",
+    "decode_frame_header",
+    "decode_frame_json",
+    "decode_frame_message",
+    "encode_frame_message",
+    "encode_masks",
+    "error_message",
+    "frame_message_json",
+    "hello_message",
+    "internal_error_message",
+    "internal_error_text",
+    "parse_server_text",
+    "reduce_masks",
+    "state_event_message",
+    "track_event_message",
+]
 
 HEADER_LENGTH = struct.Struct(">I")
 _EMPTY_RLE = {"size": [0, 0], "counts": ""}  # a cropped empty mask on the data channel
@@ -53,24 +99,6 @@ CLOSE_UNAUTHORIZED = 4401  # no token, or one the server does not know
 CLOSE_FORBIDDEN = 4403  # the token lacks the scope the feed needs
 CLOSE_NORMAL = 1000  # the client closed, or the server ended the feed normally
 CLOSE_SHUTDOWN = 1012  # the server is shutting down or restarting: reconnect later
-# Events a websocket client may ask for with `?events=`.
-EVENT_KINDS = ("state", "tracks")
-TRACK_EVENTS = ("lost", "found")
-_SERVER_TYPES: dict[str, type[msgspec.Struct]] = {
-    "hello": models.Hello,
-    "error": models.Error,
-    "ack": models.Ack,
-    "frame": models.DataChannelFrame,
-}
-
-
-class MessageError(ValueError):
-    """A message that is malformed, of another schema version, or cannot be encoded."""
-
-
-class UnknownMessageType(MessageError):
-    """A server text message of a type this version does not know: a client may skip
-    it (a newer server's addition) rather than fail."""
 
 
 class TrackResultMeta(msgspec.Struct, frozen=True):
@@ -134,41 +162,6 @@ class FrameResultMessage(msgspec.Struct, frozen=True):
     def grid(self) -> tuple[int, int]:
         """(height, width) of the decoded masks."""
         return self.mask_size or (self.height, self.width)
-
-
-def _numpy_item(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-_ENCODER = msgspec.json.Encoder(enc_hook=_numpy_item)
-
-
-def _finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in `value` (msgspec would write them as null)."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, float | np.floating):
-            if not np.isfinite(node):
-                return False
-        elif isinstance(node, Mapping):
-            stack.extend(node.values())
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
-    return True
-
-
-def _dumps(body: Mapping[str, Any], *, checked: bool = False) -> bytes:
-    """Strict JSON (no NaN, which browsers' JSON.parse rejects), compact, UTF-8.
-    ``checked``: the caller has made sure every number in `body` is finite."""
-    if not (checked or _finite(body)):
-        raise MessageError("message cannot be sent as JSON: a number is NaN or infinite")
-    try:
-        return _ENCODER.encode(body)
-    except (TypeError, OverflowError) as exc:
-        raise MessageError(f"message cannot be sent as JSON: {exc}") from None
 
 
 def _times_header(t: FrameTimes, numbers: list[float]) -> dict[str, Any]:
@@ -323,7 +316,7 @@ def encode_frame_message(
         for track, blob in zip(header["tracks"], blobs, strict=True):
             track["mask"] = {"offset": offset, "length": len(blob)}
             offset += len(blob)
-    head = _dumps(header, checked=True)
+    head = dumps(header, checked=True)
     return b"".join((HEADER_LENGTH.pack(len(head)), head, *blobs))
 
 
@@ -358,24 +351,14 @@ def frame_message_json(
         if clash:
             raise MessageError(f"extra fields {clash} would overwrite protocol fields")
         header.update(extra)
-        return _dumps(header).decode()
-    return _dumps(header, checked=True).decode()
+        return dumps(header).decode()
+    return dumps(header, checked=True).decode()
 
 
 # ---- decoding (Python client, tests) ----------------------------------------------------
 
 _BINARY_HEADER = msgspec.json.Decoder(models.FrameHeader)
 _DATA_CHANNEL = msgspec.json.Decoder(models.DataChannelFrame)
-_TEXT = msgspec.json.Decoder()
-
-
-def _check_version(body: Mapping[str, Any]) -> None:
-    version = body.get("v")
-    if version != SCHEMA_VERSION:
-        raise MessageError(
-            f"message has schema version {version!r} but this streamseg speaks "
-            f"v{SCHEMA_VERSION}; use a client and server of matching versions"
-        )
 
 
 def _refused(exc: msgspec.ValidationError, data: Any, model: Any, what: str) -> MessageError:
@@ -387,7 +370,7 @@ def _refused(exc: msgspec.ValidationError, data: Any, model: Any, what: str) -> 
         body = None
     if not isinstance(body, dict):
         return MessageError(f"{what} must be a JSON object, got {type(body).__name__}")
-    _check_version(body)
+    check_version(body)
     kind = explain.type_at(model, ("type",))
     expected = kind.values[0] if isinstance(kind, msgspec.inspect.LiteralType) else None
     if expected is not None and body.get("type") != expected:
@@ -557,133 +540,3 @@ def decode_frame_json(text: str | bytes) -> tuple[FrameResultMessage, list[np.nd
             raise MessageError(f"tracks[{i}] mask is {mask.shape}, expected {shape}")
         masks.append(_on_grid(msg, msg.tracks[i], mask.astype(np.bool_, copy=False)))
     return msg, masks
-
-
-# ---- control messages -------------------------------------------------------------------
-
-
-def _control(kind: str, fields: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
-    clash = sorted({"v", "type"} & set(extra))
-    if clash:
-        raise MessageError(f"fields {clash} are set by the protocol")
-    return _dumps({"v": SCHEMA_VERSION, "type": kind, **fields, **extra}).decode()
-
-
-def hello_message(
-    stream_id: str,
-    *,
-    encoding: MaskEncoding | str | None = None,
-    encodings: Sequence[MaskEncoding | str] = tuple(MaskEncoding),
-    limits: PromptLimits | None = None,
-    **extra: Any,
-) -> str:
-    """The first text message on a connection: which stream, which mask encoding is in
-    use and which are offered, and the prompt limits, so a client can stay inside them.
-    ``extra`` adds server facts (e.g. ``send_timeout_s``, ``boot_id``, ``epoch``)."""
-    fields: dict[str, Any] = {
-        "rev": SCHEMA_REVISION,
-        "stream_id": stream_id,
-        "encoding": None if encoding is None else MaskEncoding(encoding).value,
-        "encodings": [MaskEncoding(e).value for e in encodings],
-    }
-    if limits is not None:
-        fields["limits"] = asdict(limits)
-    return _control("hello", fields, extra)
-
-
-def error_message(
-    code: str, message: str, request_id: str | None = None, field: str | None = None
-) -> str:
-    """A refusal; ``request_id`` (when the request had one) ties it to the request,
-    ``field`` names the refused field (``bad_field``, as on REST)."""
-    fields: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        fields["field"] = field
-    if request_id is not None:
-        fields["request_id"] = request_id
-    return _control("error", fields, {})
-
-
-def internal_error_text(error_id: str) -> str:
-    """What a client is told about an unexpected failure: nothing but where to look."""
-    return f"internal error; the server log has the details under id {error_id}"
-
-
-def internal_error_message(error_id: str, request_id: str | None = None) -> str:
-    """An unexpected failure (code ``internal``). ``error_id`` names the traceback in the
-    server log; the exception's text is never sent, it may hold paths or credentials."""
-    fields: dict[str, Any] = {
-        "code": "internal",
-        "message": internal_error_text(error_id),
-        "error_id": error_id,
-    }
-    if request_id is not None:
-        fields["request_id"] = request_id
-    return _control("error", fields, {})
-
-
-def state_event_message(
-    stream_id: str, state: str, previous: str | None, reason: str, message: str, ts: float
-) -> str:
-    """The camera's source entered `state` (from `previous`, null for the state at
-    subscription); `reason` is a code, `message` a sentence for people."""
-    if state not in SOURCE_STATES or (previous is not None and previous not in SOURCE_STATES):
-        raise MessageError(f"unknown source state {state!r} (from {previous!r})")
-    fields = {
-        "event": "state",
-        "stream_id": stream_id,
-        "state": state,
-        "previous": previous,
-        "reason": reason,
-        "message": message,
-        "ts": float(ts),
-    }
-    return _control("event", fields, {})
-
-
-def track_event_message(stream_id: str, event: str, track_id: int, seq: int, ts: float) -> str:
-    """Track `track_id` became visible (`found`) or not (`lost`) on frame `seq`,
-    captured at `ts`."""
-    if event not in TRACK_EVENTS:
-        raise MessageError(f"unknown track event {event!r}")
-    fields = {
-        "event": event,
-        "stream_id": stream_id,
-        "track_id": int(track_id),
-        "seq": int(seq),
-        "ts": float(ts),
-    }
-    return _control("event", fields, {})
-
-
-def ack_message(request_id: str | None, result: Mapping[str, Any] | None = None) -> str:
-    """Success for a client request, with what it did (e.g. the new track id)."""
-    return _control("ack", {"request_id": request_id, "result": result}, {})
-
-
-def parse_server_text(text: str | bytes) -> dict[str, Any]:
-    """A server text message as a dict, after checking it is JSON of this schema version,
-    a known type and valid for that type's model (free-form parts nested at most
-    `strictjson.MAX_DEPTH` deep), so a client fails clearly against a newer server."""
-    try:
-        body = _TEXT.decode(text)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise MessageError(f"server message is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MessageError(f"server message must be a JSON object, got {type(body).__name__}")
-    _check_version(body)
-    kind = body.get("type")
-    model: Any = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
-    if kind == "event":
-        model = models.StateEvent if body.get("event") == "state" else models.TrackEvent
-    if model is None:
-        raise UnknownMessageType(f"unknown server message type {kind!r}")
-    if strictjson.too_deep(body, strictjson.MAX_DEPTH):
-        raise MessageError(f"server message nested more than {strictjson.MAX_DEPTH} levels deep")
-    try:
-        msgspec.convert(body, model)
-    except msgspec.ValidationError as exc:
-        raise MessageError(
-            f"{kind} message: {explain.explain(exc, model, body, quote=False)[1]}"
-        ) from None
-    return body
