@@ -1,4 +1,4 @@
-"""`streamseg` command line: serve, export, build-engine, fetch-weights, bench."""
+"""`streamseg` command line: serve, export, build-engine, fetch-weights, bench, doctor."""
 
 from __future__ import annotations
 
@@ -244,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch-weights", help="download and verify a checkpoint")
     fetch.add_argument("--model", default="tiny")
     fetch.set_defaults(func=_fetch_weights)
+
+    from streamseg.doctor.cli import add_doctor_args, doctor_main
+
+    doctor = sub.add_parser(
+        "doctor", help="does the GPU path work on this host, and how fast (table + JSON)"
+    )
+    add_doctor_args(doctor)
+    doctor.set_defaults(func=doctor_main)
 
     from streamseg.bench.cli import add_bench_parser
 

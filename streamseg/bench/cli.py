@@ -224,3 +224,8 @@ def add_bench_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser
     for mode in (tracker, server, browser, ws, backend, propagation):
         mode.add_argument("--json", default=None, help="also write the results to this file")
         mode.set_defaults(func=bench_main)
+    from streamseg.doctor.cli import add_doctor_args, doctor_main
+
+    gpu_check = modes.add_parser("gpu-check", help="the same as `streamseg doctor`")
+    add_doctor_args(gpu_check)
+    gpu_check.set_defaults(func=doctor_main)
