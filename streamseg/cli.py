@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    from streamseg.backends.export import add_export_args, export_main
+    from streamseg.assembly import add_export_args, export_main
     from streamseg.backends.trt_build import add_build_engine_args, build_engine_main
 
     export = sub.add_parser("export", help="export the graphs to ONNX (FP32, FP16) with a manifest")

@@ -20,14 +20,12 @@ strongly typed network.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
 import json
-import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -594,44 +592,3 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if manifest.get("schema", 1) != MANIFEST_SCHEMA:
         raise ValueError(f"{folder}: manifest schema {manifest.get('schema')} is not supported")
     return manifest
-
-
-# --- command line (wired into `streamseg export` by cli.py) -------------------------------
-
-
-def add_export_args(parser: argparse.ArgumentParser) -> None:
-    """Every flag `streamseg export` takes (model selection included)."""
-    parser.add_argument("--model", default="tiny", help="tiny | small | base_plus | large | test")
-    parser.add_argument(
-        "--weights", default="official", help="official (download), random (seeded), or a path"
-    )
-    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    parser.add_argument(
-        "--precision", default="both", choices=["fp32", "fp16", "both"],
-        help="fp16 keeps RoPE, norms, softmax, score heads and mask logits in fp32",
-    )  # fmt: skip
-    parser.add_argument(
-        "--out", default=None, help="root folder (default: $STREAMSEG_ENGINES or engines/)"
-    )
-
-
-def export_main(args: argparse.Namespace) -> int:
-    """`streamseg export`: writes engines/<model>/<size>-<precision>-<weights>/."""
-    from streamseg.backends.select import export_folder
-    from streamseg.model.build import load_model
-    from streamseg.model.weights import WeightsError
-
-    try:
-        loaded = load_model(args.model, weights=args.weights, image_size=args.image_size,
-                            device="cpu", seed=args.seed, backend="torch")  # fmt: skip
-    except (WeightsError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    precisions: Sequence[str] = PRECISIONS if args.precision == "both" else (args.precision,)
-    root = Path(args.out) if args.out else None
-    folders = {p: export_folder(loaded.module, loaded.variant, p, root) for p in precisions}
-    export_precisions(loaded.module, loaded.variant, folders)
-    for precision, folder in folders.items():
-        print(f"{precision}: {folder}")
-    return 0

@@ -1,5 +1,6 @@
 """Build SAM 2 networks from the sam2 package's configs (or ours), with real or
-seeded random weights."""
+seeded random weights. Networks only: wrapping one in a backend happens above this
+layer (streamseg/assembly.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from streamseg.backends.base import SamGraphs
-from streamseg.backends.select import make_graphs
-from streamseg.backends.trt_build import BankLimits
 
 # The settings Meta's `build_sam2_video_predictor` applies for inference.
 INFERENCE_OVERRIDES: dict[str, Any] = {
@@ -107,26 +104,17 @@ def _make_objects_visible(model: Any) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """A built model plus what a user must be told about it."""
+class Network:
+    """A built network plus what a user must be told about it."""
 
     variant: str
     weights_label: str
     image_size: int
     device: torch.device
     module: Any
-    graphs: SamGraphs
-    backend: str = "torch"
-
-    @property
-    def description(self) -> str:
-        return (
-            f"sam2.1 {self.variant} @ {self.image_size}px, weights: {self.weights_label}, "
-            f"backend: {self.backend}"
-        )
 
 
-def load_model(
+def build_network(
     variant_name: str,
     *,
     weights: str = "official",
@@ -134,11 +122,8 @@ def load_model(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
-    backend: str = "torch",
-    limits: BankLimits | None = None,
-) -> LoadedModel:
-    """Resolve a registry variant and a weights spec ("official", "random", a path).
-    `limits`: the batches the caller will send (TensorRT profiles follow them)."""
+) -> Network:
+    """Resolve a registry variant and a weights spec ("official", "random", a path)."""
     from streamseg.model.registry import get_variant
     from streamseg.model.weights import ensure_checkpoint, resolve_weights
 
@@ -154,12 +139,4 @@ def load_model(
     module = build_sam2(
         variant.config_path(), image_size=size, device=device, seed=seed, checkpoint=checkpoint
     )
-    return LoadedModel(
-        variant=variant.name,
-        weights_label=choice.label,
-        image_size=size,
-        device=torch.device(device),
-        module=module,
-        graphs=make_graphs(backend, module, variant.name, limits=limits),
-        backend=backend,
-    )
+    return Network(variant.name, choice.label, size, torch.device(device), module)

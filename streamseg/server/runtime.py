@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from streamseg.assembly import LoadedModel, load_model
 from streamseg.backends.trt_build import BankLimits
 from streamseg.config import Settings
-from streamseg.model.build import LoadedModel, load_model
 from streamseg.model.segmenter import ImageSegmenter
 from streamseg.model.tracker import StreamTracker, TrackerSettings
 from streamseg.pipeline.stream import StreamSession

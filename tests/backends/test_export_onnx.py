@@ -305,7 +305,7 @@ def test_onnx_scope_names() -> None:
 
 
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from streamseg.backends.export import add_export_args, export_main
+    from streamseg.assembly import add_export_args, export_main
 
     parser = argparse.ArgumentParser()
     add_export_args(parser)

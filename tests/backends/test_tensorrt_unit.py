@@ -627,9 +627,10 @@ def test_settings_reach_the_plan_builder(monkeypatch: pytest.MonkeyPatch, tmp_pa
     """Settings -> Runtime -> load_model -> make_graphs -> build_plans, each hop checked."""
     import asyncio
 
+    from streamseg import assembly
     from streamseg.backends import select, tensorrt_graphs, trt_build
     from streamseg.config import Settings
-    from streamseg.model import build
+    from streamseg.model.build import Network
     from streamseg.server import runtime
 
     settings = Settings(max_tracks=20, max_prompts_per_request=4, max_batch=3, backend="tensorrt")
@@ -648,9 +649,10 @@ def test_settings_reach_the_plan_builder(monkeypatch: pytest.MonkeyPatch, tmp_pa
         asyncio.run(runtime.Runtime(settings).start())
     assert seen["load_model"]["limits"] == expected
 
-    monkeypatch.setattr(build, "build_sam2", lambda *a, **k: types.SimpleNamespace())
-    monkeypatch.setattr(build, "make_graphs", lambda *a, **k: seen.setdefault("make_graphs", k))
-    build.load_model("tiny", weights="random", backend="tensorrt", limits=expected)
+    network = Network("tiny", "random", 1024, torch.device("cpu"), types.SimpleNamespace())
+    monkeypatch.setattr(assembly, "build_network", lambda *a, **k: network)
+    monkeypatch.setattr(assembly, "make_graphs", lambda *a, **k: seen.setdefault("make_graphs", k))
+    assembly.load_model("tiny", weights="random", backend="tensorrt", limits=expected)
     assert seen["make_graphs"]["limits"] == expected
 
     built: list[BankLimits] = []

@@ -1,0 +1,116 @@
+"""A SAM 2 network and the backend that runs it, put together.
+
+The layers below stay apart: `model/` builds networks and runs the tracker over the
+`SamGraphs` interface, `backends/` wraps a built network (torch, exported ONNX graphs,
+TensorRT plans) without knowing how it was built. This module is the one place that
+knows both; the CLI, the server and the benchmarks load models through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamseg.backends.base import SamGraphs
+from streamseg.backends.export import PRECISIONS, export_precisions
+from streamseg.backends.select import export_folder, make_graphs
+from streamseg.backends.trt_build import BankLimits
+from streamseg.model.build import build_network
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A built model, the graphs its backend runs, and what a user must be told."""
+
+    variant: str
+    weights_label: str
+    image_size: int
+    device: torch.device
+    module: Any
+    graphs: SamGraphs
+    backend: str = "torch"
+
+    @property
+    def description(self) -> str:
+        return (
+            f"sam2.1 {self.variant} @ {self.image_size}px, weights: {self.weights_label}, "
+            f"backend: {self.backend}"
+        )
+
+
+def load_model(
+    variant_name: str,
+    *,
+    weights: str = "official",
+    image_size: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    backend: str = "torch",
+    limits: BankLimits | None = None,
+) -> LoadedModel:
+    """Build a registry variant with a weights spec ("official", "random", a path) and
+    wrap it in `backend`. `limits`: the batches the caller will send (TensorRT profiles
+    follow them)."""
+    net = build_network(
+        variant_name,
+        weights=weights,
+        image_size=image_size,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
+    return LoadedModel(
+        variant=net.variant,
+        weights_label=net.weights_label,
+        image_size=net.image_size,
+        device=net.device,
+        module=net.module,
+        graphs=make_graphs(backend, net.module, net.variant, limits=limits),
+        backend=backend,
+    )
+
+
+# --- `streamseg export` ----------------------------------------------------------------------
+
+
+def add_export_args(parser: argparse.ArgumentParser) -> None:
+    """Every flag `streamseg export` takes (model selection included)."""
+    parser.add_argument("--model", default="tiny", help="tiny | small | base_plus | large | test")
+    parser.add_argument(
+        "--weights", default="official", help="official (download), random (seeded), or a path"
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    parser.add_argument(
+        "--precision", default="both", choices=["fp32", "fp16", "both"],
+        help="fp16 keeps RoPE, norms, softmax, score heads and mask logits in fp32",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", default=None, help="root folder (default: $STREAMSEG_ENGINES or engines/)"
+    )
+
+
+def export_main(args: argparse.Namespace) -> int:
+    """`streamseg export`: writes engines/<model>/<size>-<precision>-<weights>/."""
+    from streamseg.model.weights import WeightsError
+
+    try:
+        net = build_network(args.model, weights=args.weights, image_size=args.image_size,
+                            device="cpu", seed=args.seed)  # fmt: skip
+    except (WeightsError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    precisions: Sequence[str] = PRECISIONS if args.precision == "both" else (args.precision,)
+    root = Path(args.out) if args.out else None
+    folders = {p: export_folder(net.module, net.variant, p, root) for p in precisions}
+    export_precisions(net.module, net.variant, folders)
+    for precision, folder in folders.items():
+        print(f"{precision}: {folder}")
+    return 0
