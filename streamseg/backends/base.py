@@ -99,8 +99,10 @@ class ImageFeatures:
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
-    """`t` itself when it owns its storage, else a copy holding only its elements."""
-    if t.untyped_storage().nbytes() == t.element_size() * t.nelement() and t.is_contiguous():
+    """`t` itself when it owns its storage, else a copy holding only its elements
+    (channels-last counts as dense: the CUDA image encoder's features are)."""
+    dense = t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+    if t.untyped_storage().nbytes() == t.element_size() * t.nelement() and dense:
         return t
     return t.clone(memory_format=torch.contiguous_format)
 

@@ -1,12 +1,12 @@
-"""Real-valued rotary position encoding for SAM 2's memory attention (export only).
+"""Real-valued rotary position encoding for SAM 2's memory attention (export, compile).
 
 sam2's `RoPEAttention` rotates queries and keys with complex tensors, which neither
-ONNX exporter accepts. Here the same rotation is done on (even, odd) channel pairs
-with cos/sin tables, the memory's spatial and pointer tokens are separated with
-`torch.split` (no slice assignment), and the table is repeated per memory frame by
-indexing, so the memory length stays a dynamic axis. The rotation lives in its own
-submodule (`rotary`) so that the FP16 export can find its nodes by scope and keep
-them in FP32.
+ONNX exporter accepts and inductor leaves to slow fallbacks. Here the same rotation
+is done on (even, odd) channel pairs with cos/sin tables, the memory's spatial and
+pointer tokens are separated with `torch.split` (no slice assignment), and the table
+is repeated per memory frame by indexing, so the memory length stays a dynamic axis.
+The rotation lives in its own submodule (`rotary`) so that the FP16 export can find
+its nodes by scope and keep them in FP32.
 """
 
 from __future__ import annotations
@@ -86,11 +86,13 @@ def _real_forward(
     return result
 
 
-@contextlib.contextmanager
-def real_valued_rope(memory_attention: torch.nn.Module, side: int | None = None) -> Iterator[None]:
-    """Swap every RoPEAttention in `memory_attention` to the real-valued forward for
-    the duration of the block (an export), then put the complex one back. `side`: the
-    feature map's side (image_size / 16); default: the size the module was built for."""
+def install_real_valued_rope(
+    memory_attention: torch.nn.Module, side: int | None = None
+) -> list[torch.nn.Module]:
+    """Swap every RoPEAttention in `memory_attention` to the real-valued forward, for
+    good (a module of its own that is exported or compiled). `side`: the feature map's
+    side (image_size / 16); default: the size the module was built for. Returns the
+    patched attention modules."""
     from sam2.modeling.sam.transformer import RoPEAttention
 
     patched = []
@@ -103,6 +105,14 @@ def real_valued_rope(memory_attention: torch.nn.Module, side: int | None = None)
             setattr(module, ROTARY_SCOPE, rotary)
             module.forward = _real_forward.__get__(module)
             patched.append(module)
+    return patched
+
+
+@contextlib.contextmanager
+def real_valued_rope(memory_attention: torch.nn.Module, side: int | None = None) -> Iterator[None]:
+    """`install_real_valued_rope` for the duration of the block (an export), then the
+    complex forward is put back."""
+    patched = install_real_valued_rope(memory_attention, side)
     try:
         yield
     finally:

@@ -1,4 +1,10 @@
-"""Reference backend: runs the four graphs with the `sam2` PyTorch modules."""
+"""Reference backend: runs the four graphs with the `sam2` PyTorch modules.
+
+On CUDA the image encoder runs in channels-last memory format (as Meta's optimised
+video predictor does): its convolutions then take cuDNN's NHWC kernels, which is
+what tensor cores want under bf16/fp16 autocast. On the CPU it stays contiguous
+FP32, where channels-last buys nothing for Hiera's few convolutions.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,23 @@ import torch
 
 from streamseg.backends.base import DecoderOutput, HeadSettings, ImageFeatures, ModelGeometry
 
+EncoderOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 class TorchGraphs:
-    """Wraps a built `SAM2Base`; every method maps onto one of its submodules."""
+    """Wraps a built `SAM2Base`; every method maps onto one of its submodules.
 
-    def __init__(self, model: Any) -> None:
+    `channels_last`: run the image encoder in channels-last memory format (default: on
+    CUDA only). The switch is device-agnostic so CPU tests exercise the same path."""
+
+    def __init__(self, model: Any, *, channels_last: bool | None = None) -> None:
         self.model = model
         self.device = torch.device(model.device)
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        if self.channels_last:
+            model.image_encoder.to(memory_format=torch.channels_last)
+            model.sam_mask_decoder.conv_s0.to(memory_format=torch.channels_last)
+            model.sam_mask_decoder.conv_s1.to(memory_format=torch.channels_last)
         self.geometry = ModelGeometry(
             image_size=int(model.image_size),
             hidden_dim=int(model.hidden_dim),
@@ -30,10 +46,16 @@ class TorchGraphs:
             raise ValueError("memory stride != 1 and non-overlap memory masks are not supported")
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        high_res_0, high_res_1, embed, pos = self.run_image_encoder(images)
+        return ImageFeatures(high_res_0=high_res_0, high_res_1=high_res_1, embed=embed, pos=pos)
+
+    def run_image_encoder(self, images: torch.Tensor) -> EncoderOutputs:
+        """The image encoder as a function of tensors only (what `torch.compile` wraps)."""
         out = self.model.forward_image(images)
         fpn = out["backbone_fpn"]
-        pos = out["vision_pos_enc"][-1][:1]
-        return ImageFeatures(high_res_0=fpn[0], high_res_1=fpn[1], embed=fpn[2], pos=pos)
+        return fpn[0], fpn[1], fpn[2], out["vision_pos_enc"][-1][:1]
 
     def decode(
         self,
