@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from streamseg.backends.base import SamGraphs
+from streamseg.backends.compiled import CompiledTorchGraphs, compile_graphs
 from streamseg.backends.export import PRECISIONS, export_precisions
 from streamseg.backends.select import export_folder, make_graphs
 from streamseg.backends.trt_build import BankLimits
@@ -38,9 +39,10 @@ class LoadedModel:
 
     @property
     def description(self) -> str:
+        compiled = ", torch.compile" if isinstance(self.graphs, CompiledTorchGraphs) else ""
         return (
             f"sam2.1 {self.variant} @ {self.image_size}px, weights: {self.weights_label}, "
-            f"backend: {self.backend}"
+            f"backend: {self.backend}{compiled}"
         )
 
 
@@ -54,10 +56,14 @@ def load_model(
     progress: bool = True,
     backend: str = "torch",
     limits: BankLimits | None = None,
+    compile: bool = False,
 ) -> LoadedModel:
     """Build a registry variant with a weights spec ("official", "random", a path) and
     wrap it in `backend`. `limits`: the batches the caller will send (TensorRT profiles
-    follow them)."""
+    follow them). `compile`: the torch backend's image encoder and memory attention
+    through `torch.compile` (compiled on first use or by `graphs.warm_up`)."""
+    if compile and backend not in ("torch", "auto"):
+        raise ValueError(f"--compile applies to the torch backend, not {backend}")
     net = build_network(
         variant_name,
         weights=weights,
@@ -66,13 +72,14 @@ def load_model(
         seed=seed,
         progress=progress,
     )
+    graphs = make_graphs(backend, net.module, net.variant, limits=limits)
     return LoadedModel(
         variant=net.variant,
         weights_label=net.weights_label,
         image_size=net.image_size,
         device=net.device,
         module=net.module,
-        graphs=make_graphs(backend, net.module, net.variant, limits=limits),
+        graphs=compile_graphs(graphs) if compile else graphs,
         backend=backend,
     )
 

@@ -42,7 +42,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "threads": args.threads,
     }
     limits = ("max_peers", "max_streams", "max_tracks", "max_frame_side", "max_upload_bytes")
-    for name in ("host", "port", "drain_s", "backend", *limits):
+    for name in ("host", "port", "drain_s", "backend", "compile", *limits):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     if getattr(args, "ice_host", None):
@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a stop signal, answer /readyz 503 and keep serving this long (default 0)",
     )
     serve.add_argument("--backend", default=None, choices=["auto", "torch", "onnx", "tensorrt"])
+    serve.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch backend: compile the image encoder and memory attention with "
+        "torch.compile while starting (minutes on a small CPU; docs/ENGINES.md)",
+    )
     serve.add_argument("--max-peers", type=int, default=None)
     serve.add_argument("--max-streams", type=int, default=None)
     serve.add_argument("--max-tracks", type=int, default=None)

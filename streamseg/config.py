@@ -26,6 +26,9 @@ class Settings:
     backend: str = "torch"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str | None = None  # bfloat16 / float16 autocast on CUDA
+    # torch backend: image encoder and memory attention through torch.compile (inductor),
+    # compiled while the server starts (docs/ENGINES.md: what it gives, what it costs).
+    compile: bool = False
     seed: int = 0
     threads: int | None = None  # torch CPU threads
     # limits

@@ -82,3 +82,11 @@ def test_image_url_fetching_is_off_unless_turned_on(monkeypatch: pytest.MonkeyPa
     assert (on.allow_image_urls, on.image_fetch_timeout_s) == (True, 3.0)
     monkeypatch.setenv("STREAMSEG_ALLOW_IMAGE_URLS", "1")
     assert _settings_from(parser.parse_args(["serve"])).allow_image_urls is True
+
+
+def test_compile_comes_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    assert _settings_from(parser.parse_args(["serve"])).compile is False
+    assert _settings_from(parser.parse_args(["serve", "--compile"])).compile is True
+    monkeypatch.setenv("STREAMSEG_COMPILE", "1")
+    assert _settings_from(parser.parse_args(["serve"])).compile is True

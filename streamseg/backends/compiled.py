@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from streamseg.backends.base import SamGraphs
 from streamseg.backends.rope import MemoryAttentionGraph, install_real_valued_rope
 from streamseg.backends.torch_graphs import EncoderOutputs, TorchGraphs
 
@@ -146,3 +147,12 @@ def _compiled(fn: Callable[..., Any], options: dict[str, Any]) -> Callable[..., 
         torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
     )
     return torch.compile(fn, dynamic=False, fullgraph=True, **options)
+
+
+def compile_graphs(graphs: SamGraphs) -> SamGraphs:
+    """`graphs` with the torch backend's heavy graphs compiled; other backends (what
+    `auto` may pick on a GPU host) are already compiled engines and come back as is."""
+    if not isinstance(graphs, TorchGraphs) or isinstance(graphs, CompiledTorchGraphs):
+        log.info("torch.compile applies to the torch backend only; %s kept", type(graphs).__name__)
+        return graphs
+    return CompiledTorchGraphs(graphs.model, channels_last=graphs.channels_last)

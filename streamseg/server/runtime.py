@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from streamseg.assembly import LoadedModel, load_model
+from streamseg.backends.compiled import CompiledTorchGraphs
 from streamseg.backends.trt_build import BankLimits
 from streamseg.config import Settings
 from streamseg.model.segmenter import ImageSegmenter
@@ -91,6 +92,7 @@ class Runtime:
             seed=s.seed,
             backend=s.backend,
             limits=plan_limits(s),
+            compile=s.compile,
         )
         self.metrics.set_model_info(self.model.description, s.backend, str(self.model.device))
         log.info("model ready: %s", self.model.description)
@@ -116,7 +118,14 @@ class Runtime:
 
     def _warm_up(self) -> float:
         """Run every graph once; returns the time of one tracking step after warm-up,
-        so the server can say what speed to expect."""
+        so the server can say what speed to expect. Compiled graphs are compiled here
+        for every batch the worker may send, before the server reports ready."""
+        assert self.model is not None
+        graphs = self.model.graphs
+        if isinstance(graphs, CompiledTorchGraphs):
+            log.warning("torch.compile: compiling the image encoder and memory attention")
+            spent = graphs.warm_up(self.settings.max_batch)
+            log.warning("torch.compile: %d graphs in %.0f s", sum(graphs.compiles.values()), spent)
         tracker = self.new_tracker()
         frame = np.zeros((64, 64, 3), np.uint8)
         tracker.step(frame, seq=0)

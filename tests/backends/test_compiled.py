@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamseg.backends.compiled import CompiledTorchGraphs
+from streamseg.assembly import load_model
+from streamseg.backends.compiled import CompiledTorchGraphs, compile_graphs
 from streamseg.backends.torch_graphs import TorchGraphs
 from streamseg.model.build import build_sam2
 from streamseg.model.tracker import StreamTracker
@@ -80,3 +81,16 @@ def test_unknown_parts_are_refused() -> None:
         CompiledTorchGraphs(model, parts=("decoder",))
     with pytest.raises(ValueError, match="compile parts"):
         CompiledTorchGraphs(model, parts=())
+
+
+def test_compile_wraps_torch_graphs_and_keeps_other_backends() -> None:
+    graphs = TorchGraphs(build_sam2(TEST_CONFIG, seed=0), channels_last=True)
+    wrapped = compile_graphs(graphs)
+    assert isinstance(wrapped, CompiledTorchGraphs) and wrapped.model is graphs.model
+    assert wrapped.channels_last and wrapped.compiles == {}  # compiled on first use
+    assert compile_graphs(wrapped) is wrapped
+
+
+def test_compile_with_an_exported_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="torch backend"):
+        load_model("test", weights="random", backend="onnx", compile=True)

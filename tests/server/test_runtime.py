@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from streamseg.backends.compiled import CompiledTorchGraphs
 from streamseg.model.registry import get_variant
 from streamseg.server.background import running_server
 from streamseg.server.runtime import CPU_IMAGE_SIZE, cpu_default_image_size, what_to_expect
@@ -26,3 +28,16 @@ def test_info_reports_the_measured_model_step() -> None:
         info = httpx.get(f"{url}/v1/info", headers=AUTH).json()
     assert runtime.model_step_s is not None
     assert info["model_step_ms"] == round(1000 * runtime.model_step_s, 1) > 0
+
+
+@pytest.mark.slow
+def test_compile_compiles_every_graph_variant_before_ready() -> None:
+    with running_server(ready_timeout_s=600, compile=True, max_batch=2) as (url, runtime):
+        info = httpx.get(f"{url}/v1/info", headers=AUTH).json()
+        assert runtime.model is not None
+        graphs = runtime.model.graphs
+        assert isinstance(graphs, CompiledTorchGraphs)
+        # batch 1 and the dynamic batch, for the encoder and for memory attention; the
+        # warm-up's tracking steps (new memory layouts) compiled nothing more
+        assert graphs.compiles == {"image_encoder": 2, "memory_attention": 2}
+    assert "torch.compile" in info["model"]
