@@ -2,14 +2,14 @@
 # The GPU check (`streamseg doctor`) on a GPU host without network, in two steps.
 #
 #   scripts/gpu-check.sh wheels DIR
-#       here, with the package registry: a wheelhouse of what a bare GPU host (Python
-#       and a CUDA torch, nothing else) lacks, at most 64 MiB: streamseg, sam2 built
-#       without its CUDA extension (a pure-Python wheel), hydra-core, omegaconf,
-#       antlr4-python3-runtime, iopath, portalocker, tqdm, packaging, pyyaml, then as
-#       many of numpy, pillow, onnx (the FP16 export), opencv-python-headless as still
-#       fit. Not onnxruntime: its CPU build adds nothing to a GPU check, and
-#       onnxruntime-gpu (~255 MB) cannot fit; hosts that have it get its rows.
-#   scripts/gpu-check.sh run WHEELS OUT [-- DOCTOR FLAGS]
+#       here, with the package registry: DIR gets this script and a wheelhouse, at
+#       most 64 MiB, of what a bare GPU host (Python and a CUDA torch) lacks:
+#       streamseg, sam2 built without its CUDA extension (a pure-Python wheel),
+#       hydra-core, omegaconf, antlr4-python3-runtime, iopath, portalocker, tqdm,
+#       packaging, pyyaml, then as many of numpy, pillow, onnx (the FP16 export) and
+#       opencv-python-headless as still fit. Not onnxruntime: its CPU build adds
+#       nothing to a GPU check, and onnxruntime-gpu (~255 MB) cannot fit.
+#   bash WHEELS/gpu-check.sh run WHEELS OUT [-- DOCTOR FLAGS]
 #       on the GPU host: installs, with --no-index and --no-deps (torch is never
 #       touched), only the wheels whose modules the host lacks into a folder put first
 #       on PYTHONPATH (no venv, so no ensurepip needed; system packages stay visible),
@@ -23,7 +23,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
   exit 2
 }
 
@@ -109,6 +109,7 @@ except m.PackageNotFoundError: print(sys.argv[1])' "$1"
       printf '# left out: %s %s\n' "$(basename "$file")" "$module" >>"$dir/wheels.txt"
     fi
   done <<<"$OPTIONAL"
+  cp "$0" "$dir/gpu-check.sh" # the host needs only this folder: `bash DIR/gpu-check.sh run DIR OUT`
   echo "gpu-check: $dir: $(grep -vc '^#' "$dir/wheels.txt") wheels," \
     "$((total / 1048576)) MiB ($total bytes) for Python $pyver" >&2
 }

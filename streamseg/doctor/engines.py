@@ -208,11 +208,11 @@ def _reference(config: DoctorConfig, folder: Path) -> TorchGraphs:
     from (rebuilt from the seed and checked against the manifest)."""
     from streamseg.backends.export import read_manifest, weights_fingerprint
 
-    model = build(ModelSpec.parse(config.engines))
+    model = build(ModelSpec.parse(config.engines), config.device)
     if weights_fingerprint(model) != read_manifest(folder)["weights"]:
         raise RuntimeError(f"{folder} was exported from other weights")
     torch.set_float32_matmul_precision("highest")
-    return TorchGraphs(model.to(config.device))
+    return TorchGraphs(model)
 
 
 def ort_rows(config: DoctorConfig, provider: str) -> list[Row]:

@@ -11,9 +11,7 @@ rounding differently; they are unverified on a GPU until the doctor has run on o
 
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +25,6 @@ from streamseg.doctor.tracking import (
     agreement,
     build,
     frames,
-    serve_precision,
     track,
 )
 from streamseg.model.tracker import TrackerSettings
@@ -43,23 +40,21 @@ OBJECTS = 3
 def parity_rows(config: DoctorConfig, spec_text: str) -> list[Row]:
     spec = ModelSpec.parse(spec_text)
     device = torch.device(config.device)
-    model = build(spec)
     video = frames(config.parity_frames)
-    expected = track(TorchGraphs(model), video, OBJECTS, late_object=True)
-    serve_precision(device)
+    expected = track(TorchGraphs(build(spec)), video, OBJECTS, late_object=True)
     rows = []
     for dtype in ("float32", "bfloat16", "float16"):
         check = f"{spec} {SHORT_DTYPES[dtype]} vs CPU fp32"
         if dtype != "float32" and device.type != "cuda":
             rows.append(skip("parity", check, "autocast runs on CUDA only (--dtype)"))
             continue
-        rows.append(_compare(config, model, device, dtype, expected, video, check))
+        rows.append(_compare(config, spec, device, dtype, expected, video, check))
     return rows
 
 
 def _compare(
     config: DoctorConfig,
-    model: Any,
+    spec: ModelSpec,
     device: torch.device,
     dtype: str,
     expected: TrackRun,
@@ -67,9 +62,8 @@ def _compare(
     check: str,
 ) -> Row:
     start = time.perf_counter()
-    moved = copy.deepcopy(model).to(device)
     settings = TrackerSettings(autocast_dtype=None if dtype == "float32" else dtype)
-    got = track(TorchGraphs(moved), video, OBJECTS, settings, late_object=True)
+    got = track(TorchGraphs(build(spec, device)), video, OBJECTS, settings, late_object=True)
     tolerance = TOLERANCES[dtype].scaled(config.tolerance_scale)
     agreed = agreement(expected, got)
     problems = tolerance.problems(agreed)

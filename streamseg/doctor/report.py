@@ -10,6 +10,7 @@ from typing import Any
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 STATUSES = (PASS, FAIL, SKIP)
 SCHEMA = 1
+SUMMARY_CHARS = 400
 
 
 @dataclass(slots=True)
@@ -29,6 +30,10 @@ class Row:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        one_line = " ".join(self.summary.split())  # exception texts span lines
+        self.summary = (
+            one_line if len(one_line) <= SUMMARY_CHARS else one_line[:SUMMARY_CHARS] + "…"
+        )
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

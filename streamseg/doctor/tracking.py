@@ -19,19 +19,14 @@ FRAME_HEIGHT, FRAME_WIDTH = 480, 640
 SEED = 0
 
 
-def build(spec: ModelSpec) -> Any:
-    """The seeded random network on the CPU (move a copy to another device)."""
-    from streamseg.model.build import build_sam2
-    from streamseg.model.registry import get_variant
+def build(spec: ModelSpec, device: str | torch.device = "cpu") -> Any:
+    """The seeded random network on `device`, built as `serve` builds it (TF32 matmuls
+    on a GPU); the same weights on every device."""
+    from streamseg.model.build import build_network
 
-    return build_sam2(get_variant(spec.name).config_path(), image_size=spec.size, seed=SEED)
-
-
-def serve_precision(device: torch.device) -> None:
-    """FP32 matmuls as `serve` runs them on a GPU (TF32 tensor cores), so the checks
-    measure the served path; the CPU is left at full precision."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
+    net = build_network(spec.name, weights="random", image_size=spec.size,
+                        device=str(device), seed=SEED)  # fmt: skip
+    return net.module
 
 
 def frames(count: int) -> list[np.ndarray]:

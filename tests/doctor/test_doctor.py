@@ -82,8 +82,13 @@ def test_cpu_rows_measure_what_they_say(full_run: Any) -> None:
     assert all(0 <= v["rel_error"] <= 2e-2 and v["ms"] > 0 for v in graphs["numbers"].values())
     assert tracker["status"] == PASS and tracker["numbers"]["min_iou"] >= 0.95
     assert tracker["numbers"]["ms_p50"] > 0 and tracker["numbers"]["torch_ms_p50"] > 0
-    for row in (cuda_ep, trt_ep, *_rows(report, "tensorrt"), *_rows(report, "compile")):
+    for row in (cuda_ep, trt_ep, *_rows(report, "tensorrt")):
         assert row["status"] == SKIP, row
+    one, three, graphs_row = _rows(report, "compile")  # CompiledTorchGraphs on the CPU
+    for row in (one, three):
+        assert row["status"] == PASS and row["numbers"]["vs_eager"]["min_iou"] >= 0.99
+        assert row["numbers"]["warm_up_compile_s"] > 0 and row["numbers"]["ms_p50"] > 0
+    assert graphs_row["status"] == SKIP and "needs a GPU" in graphs_row["summary"]
 
 
 def test_table_has_a_line_per_check_and_a_verdict(full_run: Any) -> None:
@@ -179,3 +184,6 @@ def test_table_rendering() -> None:
     assert Report.from_json(json.loads(json.dumps(report.as_json()))).rows == rows
     with pytest.raises(ValueError):
         Row("cuda", "x", "MAYBE", "")
+    long = Row("compile", "x", FAIL, "AssertionError: expected\nError in op:\n" + "x" * 999)
+    assert long.summary.startswith("AssertionError: expected Error in op: xx")
+    assert len(long.summary) == 401 and long.summary.endswith("…")
