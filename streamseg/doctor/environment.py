@@ -89,14 +89,11 @@ def cuda_rows(config: DoctorConfig) -> list[Row]:
 
 
 def _matmul_error(device: torch.device) -> float:
-    """One FP32 matmul (TF32 off) on the GPU against the CPU: proves kernels run."""
+    """One FP32 matmul (TF32 off: this check has its own process) on the GPU against
+    the CPU in FP64: proves kernels for this GPU run."""
+    torch.set_float32_matmul_precision("highest")
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        got = (a.to(device) @ b.to(device)).cpu()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    got = (a.to(device) @ b.to(device)).cpu()
     want = a.double() @ b.double()
     return float((got.double() - want).abs().max() / want.abs().max())

@@ -123,6 +123,19 @@ def test_a_hung_check_is_killed_at_its_timeout(tmp_path: Path) -> None:
     assert row["status"] == FAIL and row["summary"] == "timed out after 1 s (killed)"
 
 
+def test_cuda_asked_for_without_one_fails_and_skips_the_rest(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streamseg.cli", "doctor", "--device", "cuda", "--out",
+         str(tmp_path), "--parts", "cuda,parity"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    cuda, *parity = json.loads((tmp_path / "doctor.json").read_text())["rows"]
+    assert cuda["status"] == FAIL and "CPU-only build" in cuda["summary"]
+    assert [r["check"] for r in parity] == ["test@128", "tiny@256"]  # the GPU plan
+    assert all(r["status"] == SKIP and "needs the cuda check" in r["summary"] for r in parity)
+
+
 def test_zero_tolerance_fails_the_fp16_engine(tmp_path: Path) -> None:
     """ONNX Runtime's FP16 graphs differ from torch a little: with every limit at 0
     the comparison itself must fail them, so the limits are really applied."""
