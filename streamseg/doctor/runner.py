@@ -27,8 +27,12 @@ def _tail(path: Path, offset: int, limit: int = 400) -> str:
     return " | ".join(text.splitlines()[-4:])[-limit:] if text else "nothing on stderr"
 
 
-def run_task(task: Task, config: DoctorConfig, timeout_s: float, log: Path) -> list[Row]:
-    """The task's rows; a FAIL row when its process timed out or died without any."""
+def run_task(
+    task: Task, config: DoctorConfig, timeout_s: float, log: Path, budget_bound: bool = False
+) -> list[Row]:
+    """The task's rows; a FAIL row when its process hung past `timeout_s` or died
+    without any. `budget_bound`: `timeout_s` is what was left of the time budget, so
+    being stopped then says nothing against the check: a SKIP row."""
     check = check_name(task, config)
     command = [sys.executable, "-m", "streamseg.doctor.child", task.part, task.arg]
     with log.open("a") as err:
@@ -48,6 +52,9 @@ def run_task(task: Task, config: DoctorConfig, timeout_s: float, log: Path) -> l
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+            if budget_bound:
+                why = f"stopped after {timeout_s:.0f} s: the time budget (--budget-s) ran out"
+                return [skip(task.part, check, why)]
             return [fail(task.part, check, f"timed out after {timeout_s:.0f} s (killed)")]
     for line in out.split("\n"):  # not splitlines: it splits at the \x1e of MARK
         if line.startswith(MARK):
@@ -89,9 +96,10 @@ def run_all(
             rows.append(skip(task.part, check_name(task, config), reason))
             progress(f"doctor: {task.label}: SKIP ({reason})")
             continue
-        timeout = task_timeout_s if left is None else min(task_timeout_s, left)
+        budget_bound = left is not None and left < task_timeout_s
+        timeout = left if left is not None and budget_bound else task_timeout_s
         began = time.monotonic()
-        got = run_task(task, config, timeout, log)
+        got = run_task(task, config, timeout, log, budget_bound)
         rows.extend(got)
         verdict = ", ".join(f"{r.status} {r.check}" for r in got)
         progress(f"doctor: {task.label} ({time.monotonic() - began:.0f} s): {verdict}")

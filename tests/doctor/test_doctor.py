@@ -155,6 +155,17 @@ def test_spent_budget_skips_and_unmet_needs_skip(tmp_path: Path) -> None:
     assert "needs the export check" in reasons["test@128 ORT cpu"]
 
 
+def test_a_check_the_budget_cuts_short_is_skipped_not_failed(tmp_path: Path) -> None:
+    """With 21 s left (just over the least a check is started with) the speed check
+    cannot finish (tiny at 1024 px takes seconds a frame on a CPU): stopped by the
+    budget, it is a SKIP saying so, not a failure."""
+    rc, report, _ = _doctor(tmp_path, "--parts", "speed", "--speed", "tiny@1024",
+                            "--frames", "8", "--budget-s", "21")  # fmt: skip
+    assert rc == 0
+    (row,) = report["rows"]
+    assert row["status"] == SKIP and "the time budget (--budget-s) ran out" in row["summary"]
+
+
 @pytest.mark.parametrize(
     "flags",
     [["--objects", "4"], ["--parity", "tiny@100"], ["--parts", "gpu"], ["--device", "tpu"],
