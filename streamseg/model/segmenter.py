@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from streamseg.backends.base import ImageFeatures, SamGraphs
 from streamseg.model.prompting import preprocess_image, prompt_tensors
+from streamseg.model.transfer import to_device, to_host
 from streamseg.protocol.masks import mask_bbox
 
 
@@ -74,11 +75,14 @@ class ImageSegmenter:
                 raise type(exc)(f"prompt {i}: {exc}") from None
             inputs.append((coords * scale, labels))
         start = time.perf_counter()
-        results: list[SegmentMask | None] = [None] * len(inputs)
+        if not inputs:
+            return [], 0.0
         groups: dict[int, list[int]] = {}
         for i, (_, labels) in enumerate(inputs):
             groups.setdefault(len(labels), []).append(i)
         feats = embedding.features
+        order: list[int] = []
+        masks, scores = [], []
         with torch.inference_mode():
             pix_one = feats.embed + self.graphs.no_memory_embedding().permute(0, 2, 1)[..., None]
             for count, members in groups.items():
@@ -87,22 +91,27 @@ class ImageSegmenter:
                 dec = self.graphs.decode(
                     pix_one.expand(batch, -1, -1, -1),
                     (fb.high_res_0, fb.high_res_1),
-                    torch.stack([inputs[i][0] for i in members]).to(self.graphs.device),
-                    torch.stack([inputs[i][1] for i in members]).to(self.graphs.device),
+                    to_device(torch.stack([inputs[i][0] for i in members]), self.graphs.device),
+                    to_device(torch.stack([inputs[i][1] for i in members]), self.graphs.device),
                     None,
                     self.graphs.uses_multimask(True, count),
                 )
                 full = F.interpolate(
                     dec.low_res_logits, size=(h, w), mode="bilinear", align_corners=False
                 )
-                masks = (full[:, 0] > 0).cpu().numpy()
-                probs = torch.sigmoid(dec.object_score_logits[:, 0]).cpu().tolist()
-                for k, i in enumerate(members):
-                    results[i] = SegmentMask(
-                        mask=masks[k],
-                        score=float(dec.iou[k]),
-                        object_score=float(probs[k]),
-                        bbox=mask_bbox(masks[k]),
-                        area=int(masks[k].sum()),
-                    )
+                masks.append(full[:, 0] > 0)
+                probs = torch.sigmoid(dec.object_score_logits[:, 0].float())
+                scores.append(torch.stack([dec.iou.reshape(-1).float(), probs], dim=1))
+                order.extend(members)
+            # Every prompt's mask and scores reach the host in one copy.
+            host_masks, host_scores = to_host(torch.cat(masks), torch.cat(scores))
+        results: list[SegmentMask | None] = [None] * len(inputs)
+        for k, i in enumerate(order):
+            results[i] = SegmentMask(
+                mask=host_masks[k],
+                score=float(host_scores[k, 0]),
+                object_score=float(host_scores[k, 1]),
+                bbox=mask_bbox(host_masks[k]),
+                area=int(np.count_nonzero(host_masks[k])),
+            )
         return [r for r in results if r is not None], time.perf_counter() - start
