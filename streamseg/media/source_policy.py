@@ -101,6 +101,8 @@ QUERY_SECRETS = ("pass", "pwd", "pw", "token", "secret", "key", "auth", "sig", "
 # `name=value` pieces of a path (`/user=admin&password=x&channel=1`, `;pwd=x`), a common
 # camera URL form that carries credentials outside the query.
 _PATH_PAIR = re.compile(r"(?P<key>[^/;&?=]+)=(?P<value>[^/;&?]*)")
+# The user part of a URL nested in another's path or query (`?next=rtsp://u:pw@cam/`).
+_NESTED_USERINFO = re.compile(r"(?<=//)[^/?#@\s]+@")
 
 
 class Reason(StrEnum):
@@ -284,12 +286,20 @@ def redact(url: str) -> str:
         parts = parts._replace(netloc=netloc)
     if "=" in parts.path:
         parts = parts._replace(path=_PATH_PAIR.sub(_hide_secret_pair, parts.path))
+    if "@" in parts.path:
+        parts = parts._replace(path=_NESTED_USERINFO.sub("***@", parts.path))
     if parts.query:
         query = parse_qsl(parts.query, keep_blank_values=True)
-        if any(_secret_key(k) for k, _ in query):
-            hidden = [(k, "***" if _secret_key(k) else v) for k, v in query]
+        hidden = [
+            (_hide_nested(k), "***" if _secret_key(k) else _hide_nested(v)) for k, v in query
+        ]
+        if hidden != query:
             parts = parts._replace(query=urlencode(hidden, safe="*"))
     return safe_text(urlunsplit(parts))
+
+
+def _hide_nested(text: str) -> str:
+    return _NESTED_USERINFO.sub("***@", text) if "@" in text else text
 
 
 def _hide_secret_pair(match: re.Match[str]) -> str:

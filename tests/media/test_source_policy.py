@@ -278,3 +278,14 @@ def test_camera_credentials_outside_the_password_field_are_hidden(url: str, show
     """Credentials cameras carry in the path, in short query keys or as a bare user
     name never reach the API, the audit log or a streams file."""
     assert redact(url) == shown
+
+
+def test_redaction_hides_credentials_of_a_url_nested_in_path_or_query() -> None:
+    for url in (
+        "rtsp://cam/x?http://admin:s3cret@h/p",
+        "http://h/img?next=rtsp%3A%2F%2Fadmin%3As3cret%40cam%2F",
+        "http://h/a//admin:s3cret@b/c",
+    ):
+        shown = redact(url)
+        assert "s3cret" not in shown and "admin" not in shown, shown
+    assert redact("rtsp://cam/s?x=1&y=a@b") == "rtsp://cam/s?x=1&y=a@b"
