@@ -3,6 +3,7 @@ become model inputs."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,16 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 BOX_LABELS = (2, 3)  # SAM encodes a box as two corner points with these labels
 _NORM: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def inference_context(device: torch.device, autocast_dtype: str | None) -> contextlib.ExitStack:
+    """No autograd, and CUDA autocast with `autocast_dtype` ("bfloat16"/"float16")
+    when the model is on a GPU; the same for stream steps and REST segmentation."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if autocast_dtype is not None and device.type == "cuda":
+        stack.enter_context(torch.autocast("cuda", dtype=getattr(torch, autocast_dtype)))
+    return stack
 
 
 def preprocess_image(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from streamseg.backends.base import ImageFeatures, SamGraphs
-from streamseg.model.prompting import preprocess_image, prompt_tensors
+from streamseg.model.prompting import inference_context, preprocess_image, prompt_tensors
 from streamseg.model.transfer import to_device, to_host
 from streamseg.protocol.masks import mask_bbox
 
@@ -46,12 +46,15 @@ class SegmentMask:
 
 
 class ImageSegmenter:
-    def __init__(self, graphs: SamGraphs) -> None:
+    """`autocast_dtype`: CUDA autocast, as the server's trackers run (`--dtype`)."""
+
+    def __init__(self, graphs: SamGraphs, autocast_dtype: str | None = None) -> None:
         self.graphs = graphs
+        self.autocast_dtype = autocast_dtype
 
     def encode(self, image: np.ndarray) -> ImageEmbedding:
         start = time.perf_counter()
-        with torch.inference_mode():
+        with inference_context(self.graphs.device, self.autocast_dtype):
             x = preprocess_image(image, self.graphs.geometry.image_size, self.graphs.device)
             features = self.graphs.encode_image(x)
         h, w = image.shape[:2]
@@ -83,7 +86,7 @@ class ImageSegmenter:
         feats = embedding.features
         order: list[int] = []
         masks, scores = [], []
-        with torch.inference_mode():
+        with inference_context(self.graphs.device, self.autocast_dtype):
             pix_one = feats.embed + self.graphs.no_memory_embedding().permute(0, 2, 1)[..., None]
             for count, members in groups.items():
                 batch = len(members)

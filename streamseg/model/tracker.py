@@ -29,7 +29,7 @@ from streamseg.model.errors import (
     UnknownTrackError,
 )
 from streamseg.model.memory import MemoryEntry, MemoryLayout, TrackMemory
-from streamseg.model.prompting import preprocess_image, prompt_tensors
+from streamseg.model.prompting import inference_context, preprocess_image, prompt_tensors
 from streamseg.model.stages import StageClock, StageTimes
 from streamseg.model.transfer import to_device, to_host
 
@@ -325,12 +325,7 @@ class StreamTracker:
     def inference(self) -> contextlib.ExitStack:
         """No autograd, and the configured CUDA autocast (also for encoders run elsewhere
         on this tracker's frames, so `--dtype` covers the largest graph too)."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        dtype = self.settings.autocast_dtype
-        if dtype is not None and self._device.type == "cuda":
-            stack.enter_context(torch.autocast("cuda", dtype=getattr(torch, dtype)))
-        return stack
+        return inference_context(self._device, self.settings.autocast_dtype)
 
     def _prompt_frame(self, frame_seq: int | None) -> tuple[_FrameRecord, bool]:
         newest = self._history[-1]

@@ -98,7 +98,7 @@ class Runtime:
         log.info("model ready: %s", self.model.description)
         self.model_step_s = await asyncio.to_thread(self._warm_up)
         log.warning("%s", what_to_expect(self.model.description, self.model_step_s))
-        self.segmenter = ImageSegmenter(self.model.graphs)
+        self.segmenter = ImageSegmenter(self.model.graphs, s.dtype)
         self.embeddings = EmbeddingCache(
             s.image_cache_size,
             s.image_cache_bytes,
