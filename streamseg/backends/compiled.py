@@ -4,13 +4,14 @@ Compiled: the image encoder (with the decoder's high-res projections) and memory
 attention. The decoder and memory encoder stay eager: they are a few ms each and the
 decoder's shapes change with every prompt.
 
-Shapes. Each graph is first compiled for the shapes it meets (batch 1, one memory
-layout); the first other shape compiles it once more with those sizes dynamic (the
-batch of images or tracks; the memory's spatial and pointer token counts), after
-which no layout recompiles. Memory attention runs sam2's layers with the real-valued
-rotary encoding (`rope.py`) on a copy of the module: inductor cannot generate code
-for the complex one. `warm_up` compiles every variant before a server takes traffic,
-so no stream meets a compile pause (tens of seconds on a small CPU).
+Shapes. Guards check sizes, strides and autocast state, so inputs are made dense
+first and the sizes that vary are marked dynamic: the memory's spatial and pointer
+token counts always, the batch (images or tracks) from 2 up. Sizes 0 and 1 are always
+specialised, so each part has two graphs, batch 1 and any larger batch, and no memory
+layout recompiles. Memory attention runs sam2's layers with the real-valued rotary
+encoding (`rope.py`) on a copy of the module: inductor generates no code for complex
+tensors. `warm_up` compiles every variant before a server takes traffic (run it
+under the autocast the steps will use), so no stream meets a compile pause.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from streamseg.backends.torch_graphs import EncoderOutputs, TorchGraphs
 log = logging.getLogger(__name__)
 
 COMPILE_PARTS = ("image_encoder", "memory_attention")
-# Graph variants per compiled function: static first shapes, then one dynamic graph.
-RECOMPILE_LIMIT = 4
+# Graphs per compiled function dynamo keeps before falling back to eager: ours need 2,
+# the rest is headroom for other model sizes and autocast dtypes in one process (the
+# compiled code is shared by every instance with the same shapes).
+RECOMPILE_LIMIT = 16
 
 
 class CompiledTorchGraphs(TorchGraphs):
@@ -101,15 +104,19 @@ class CompiledTorchGraphs(TorchGraphs):
         return self._timed("memory_attention", self._attention, *inputs)
 
     def warm_up(self, max_batch: int = 1) -> float:
-        """Compile every variant a server will call: batch 1 and, with `max_batch` > 1,
-        the dynamic-batch graphs. Returns the seconds spent."""
+        """Compile every variant a server will call: memory attention for one track
+        and for a batch of tracks, the image encoder for one image and, with
+        `max_batch` > 1, for a batch. Returns the seconds spent."""
         geo = self.geometry
         splits = geo.hidden_dim // geo.mem_dim
         start = time.perf_counter()
         with torch.inference_mode():
-            for batch in sorted({1, min(max_batch, 2)}):
+            for batch in (1, 2):
                 images = torch.zeros(batch, 3, geo.image_size, geo.image_size, device=self.device)
-                feats = self.encode_image(images)
+                if batch == 1 or max_batch > 1:
+                    feats = self.encode_image(images)
+                else:
+                    feats = self.encode_image(images[:1]).expand(batch)
                 curr = feats.embed.flatten(2).permute(2, 0, 1)
                 pos = feats.pos.flatten(2).permute(2, 0, 1).expand(-1, batch, -1)
                 tokens = geo.feat_size**2 + splits

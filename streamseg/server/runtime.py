@@ -124,7 +124,8 @@ class Runtime:
         graphs = self.model.graphs
         if isinstance(graphs, CompiledTorchGraphs):
             log.warning("torch.compile: compiling the image encoder and memory attention")
-            spent = graphs.warm_up(self.settings.max_batch)
+            with self.new_tracker().inference():  # the autocast the steps run under
+                spent = graphs.warm_up(self.settings.max_batch)
             log.warning("torch.compile: %d graphs in %.0f s", sum(graphs.compiles.values()), spent)
         tracker = self.new_tracker()
         frame = np.zeros((64, 64, 3), np.uint8)

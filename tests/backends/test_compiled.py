@@ -23,6 +23,9 @@ def _graphs() -> TorchGraphs:
 
 @pytest.fixture(scope="module")
 def compiled() -> CompiledTorchGraphs:
+    # Compiled code is cached per function, not per instance: a graph another test
+    # compiled for this config would be reused and not counted here.
+    torch._dynamo.reset()
     graphs = CompiledTorchGraphs(sensitise(build_sam2(TEST_CONFIG, seed=0)))
     graphs.warm_up(max_batch=2)
     return graphs

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
+import torch
 
 from streamseg.backends.compiled import CompiledTorchGraphs
 from streamseg.model.registry import get_variant
@@ -31,13 +33,24 @@ def test_info_reports_the_measured_model_step() -> None:
 
 
 @pytest.mark.slow
-def test_compile_compiles_every_graph_variant_before_ready() -> None:
+def test_compile_compiles_every_graph_variant_before_ready(scene: list[np.ndarray]) -> None:
     with running_server(ready_timeout_s=600, compile=True, max_batch=2) as (url, runtime):
         info = httpx.get(f"{url}/v1/info", headers=AUTH).json()
         assert runtime.model is not None
         graphs = runtime.model.graphs
         assert isinstance(graphs, CompiledTorchGraphs)
-        # batch 1 and the dynamic batch, for the encoder and for memory attention; the
-        # warm-up's tracking steps (new memory layouts) compiled nothing more
-        assert graphs.compiles == {"image_encoder": 2, "memory_attention": 2}
+        compiled = dict(graphs.compiles)
+        # After ready: two tracks in one batch, a third with its own layout, and a batch
+        # of two images compile nothing more.
+        tracker = runtime.new_tracker()
+        tracker.step(scene[0], seq=0)
+        tracker.add_prompt(1, points=[[30, 30]], labels=[1])
+        tracker.add_prompt(2, points=[[90, 40]], labels=[1])
+        for seq in range(1, 4):
+            tracker.step(scene[seq], seq=seq)
+        tracker.add_prompt(3, points=[[60, 70]], labels=[1])
+        tracker.step(scene[4], seq=4)
+        with tracker.inference():
+            graphs.encode_image(torch.cat([tracker.preprocess(f) for f in scene[5:7]]))
+        assert graphs.compiles == compiled
     assert "torch.compile" in info["model"]
