@@ -24,8 +24,9 @@ from streamseg.doctor.tracking import Tolerance, agreement, build, frames, perce
 # Relative to max(1, |torch|) per output. ONNX Runtime's CPU provider stays within
 # 9.5e-4 (tests/backends/test_export_onnx.py); GPU FP16 kernels round more.
 GRAPH_REL_LIMIT = 2e-2
-# The FP16 export as a tracker: ONNX Runtime CPU measured IoU >= 0.996 over 30 frames.
-TRACKER_LIMIT = Tolerance(min_iou=0.95, max_dlogit=1.0)
+# The FP16 export as a tracker: ONNX Runtime CPU measured IoU >= 0.996 over 30 frames
+# (balanced IoU >= 0.994 and |Δlogit| <= 2.7e-4 on the test model over 12).
+TRACKER_LIMIT = Tolerance(min_iou=0.95, min_balanced_iou=0.85, max_dlogit=1.0)
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",

@@ -147,25 +147,39 @@ def agreement(expected: TrackRun, got: TrackRun) -> Agreement:
 
 @dataclass(frozen=True, slots=True)
 class Tolerance:
+    """Limits for an `Agreement`. Balanced IoU has its own, lower limit: half of each
+    balanced mask's pixels lie near the threshold, where rounding flips them."""
+
     min_iou: float
+    min_balanced_iou: float
     max_dlogit: float
 
     def scaled(self, factor: float) -> Tolerance:
         """`factor` 0 demands exact equality (the testing option)."""
-        return Tolerance(1.0 - (1.0 - self.min_iou) * factor, self.max_dlogit * factor)
+        return Tolerance(
+            1.0 - (1.0 - self.min_iou) * factor,
+            1.0 - (1.0 - self.min_balanced_iou) * factor,
+            self.max_dlogit * factor,
+        )
 
     def problems(self, agreed: Agreement) -> list[str]:
         found = []
         if agreed.min_iou < self.min_iou:
             found.append(f"IoU {agreed.min_iou:.4f} < {self.min_iou:.4f}")
-        if agreed.min_balanced_iou < self.min_iou:
-            found.append(f"balanced IoU {agreed.min_balanced_iou:.4f} < {self.min_iou:.4f}")
+        if agreed.min_balanced_iou < self.min_balanced_iou:
+            found.append(
+                f"balanced IoU {agreed.min_balanced_iou:.4f} < {self.min_balanced_iou:.4f}"
+            )
         if agreed.max_dlogit > self.max_dlogit:
             found.append(f"max |Δlogit| {agreed.max_dlogit:.2e} > {self.max_dlogit:.2e}")
         return found
 
     def as_json(self) -> dict[str, float]:
-        return {"min_iou": self.min_iou, "max_abs_dlogit": self.max_dlogit}
+        return {
+            "min_iou": self.min_iou,
+            "min_balanced_iou": self.min_balanced_iou,
+            "max_abs_dlogit": self.max_dlogit,
+        }
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:

@@ -66,7 +66,7 @@ def test_cpu_rows_measure_what_they_say(full_run: Any) -> None:
     assert fp32["status"] == PASS and fp32["numbers"]["min_iou"] == 1.0
     assert fp32["numbers"]["max_abs_dlogit"] == 0.0 and fp32["numbers"]["frames"] == 8
     assert 0.0 < fp32["numbers"]["foreground"] < 1.0  # masks, not blank frames
-    assert fp32["limits"] == {"min_iou": 0.99, "max_abs_dlogit": 0.05}
+    assert fp32["limits"] == {"min_iou": 0.99, "min_balanced_iou": 0.95, "max_abs_dlogit": 0.05}
     assert bf16["status"] == fp16["status"] == SKIP and "CUDA only" in bf16["summary"]
     speed = _rows(report, "speed")
     assert [r["numbers"]["objects"] for r in speed] == [1, 3]
