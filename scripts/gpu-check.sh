@@ -80,7 +80,7 @@ except m.PackageNotFoundError: print(sys.argv[1])' "$1"
     fi
     ls "$out"/*.whl
   }
-  local total=0 file size line name module group
+  local total=0 file size name module group
   add() { # file module group
     cp "$1" "$dir/"
     printf '%s %s %s\n' "$(basename "$1")" "$2" "$3" >>"$dir/wheels.txt"

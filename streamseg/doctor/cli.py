@@ -40,6 +40,11 @@ DISTRIBUTIONS = (
 
 
 def add_doctor_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Does streamseg's GPU path work on this host, and how fast? Prints a table and "
+        "writes it with a JSON copy to --out. Exit status 0: every check passed or was "
+        "skipped (each SKIP says why); 1: a check failed; 2: a bad flag."
+    )
     p.add_argument(
         "--device",
         default="auto",
