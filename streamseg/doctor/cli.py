@@ -22,7 +22,7 @@ from streamseg.doctor.plan import (
     defaults,
     tasks,
 )
-from streamseg.doctor.report import Report, render_table, write
+from streamseg.doctor.report import Report, Row, render_table, write
 from streamseg.doctor.runner import run_all
 
 DISTRIBUTIONS = (
@@ -165,6 +165,16 @@ def header(config: DoctorConfig, argv: list[str]) -> dict[str, Any]:
     }
 
 
+def gpu_header(rows: list[Row]) -> dict[str, str]:
+    """The GPU and driver the CUDA check found, for the table's heading."""
+    for row in rows:
+        if row.part == "cuda" and "gpu" in row.numbers:
+            n = row.numbers
+            return {"gpu": f"{n['gpu']} ({n['memory_gib']} GiB, {n['capability']}), "
+                           f"driver {n['driver']}, CUDA {n['cuda']}"}  # fmt: skip
+    return {}
+
+
 def doctor_main(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("doctor-results") / time.strftime("%Y%m%d-%H%M%S"))
     workdir = tempfile.mkdtemp(prefix="streamseg-doctor-")
@@ -182,6 +192,7 @@ def doctor_main(args: argparse.Namespace) -> int:
         )
         head = header(config, getattr(args, "argv", ["doctor"]))
         rows = run_all(config, plan, out / "doctor.log", args.budget_s, args.task_timeout_s)
+        head.update(gpu_header(rows))
         report = Report(head, rows)
         print(render_table(report))
         table, data = write(report, out)

@@ -98,6 +98,7 @@ def render_table(report: Report) -> str:
     h = report.header
     lines = [
         f"streamseg doctor · device {h.get('device', '?')} · {h.get('started', '?')}",
+        *([f"gpu: {h['gpu']}"] if "gpu" in h else []),
         "versions: " + ", ".join(f"{k} {v}" for k, v in h.get("versions", {}).items()),
     ]
     width_part = max([4, *(len(r.part) for r in report.rows)])

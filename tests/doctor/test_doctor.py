@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from streamseg.cli import main
+from streamseg.doctor.cli import gpu_header
 from streamseg.doctor.plan import PARTS, DoctorConfig, ModelSpec, Task, defaults, tasks
 from streamseg.doctor.report import FAIL, PASS, SKIP, Report, Row, render_table
 
@@ -206,6 +207,23 @@ def test_table_rendering() -> None:
     assert text[-2].endswith("-> FAILED (exit 1)")
     assert text[-1] == "FAIL parity/tiny@256 bf16 vs CPU fp32: IoU 0.9 < 0.95"
     assert Report.from_json(json.loads(json.dumps(report.as_json()))).rows == rows
+    cuda = Row(
+        "cuda",
+        "CUDA visible",
+        PASS,
+        "",
+        numbers={
+            "gpu": "NVIDIA H200",
+            "memory_gib": 139.8,
+            "capability": "sm_90",
+            "driver": "580.1",
+            "cuda": "13.0",
+        },
+    )
+    heading = Report({"device": "cuda", **gpu_header([cuda])}, [cuda])
+    assert render_table(heading).splitlines()[1] == (
+        "gpu: NVIDIA H200 (139.8 GiB, sm_90), driver 580.1, CUDA 13.0"
+    )
     with pytest.raises(ValueError):
         Row("cuda", "x", "MAYBE", "")
     long = Row("compile", "x", FAIL, "AssertionError: expected\nError in op:\n" + "x" * 999)
