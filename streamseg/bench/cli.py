@@ -202,6 +202,12 @@ def add_bench_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser
     tracker.add_argument("--frames", type=int, default=60)
     tracker.add_argument("--objects", type=int, default=1)
     tracker.add_argument("--frame-size", default="640x480")
+    tracker.add_argument(
+        "--compile",
+        action="store_true",
+        help="also a tracker on torch.compile'd graphs, in lockstep: compile time, stage "
+        "times and drift vs eager",
+    )
     server = modes.add_parser("server", help="server overhead and latency under overload")
     add_model_args(server)
     server.add_argument("--seconds", type=float, default=15.0)
