@@ -97,3 +97,20 @@ def test_compile_wraps_torch_graphs_and_keeps_other_backends() -> None:
 def test_compile_with_an_exported_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="torch backend"):
         load_model("test", weights="random", backend="onnx", compile=True)
+
+
+@pytest.mark.slow
+def test_instances_share_compiled_code_but_not_weights(
+    compiled: CompiledTorchGraphs, scene: list[np.ndarray]
+) -> None:
+    """Weights are graph inputs, not constants folded in: a second model of the same
+    shapes reuses the compiled code and still gets its own features."""
+    other_model = build_sam2(TEST_CONFIG, seed=5)
+    other, eager = CompiledTorchGraphs(other_model), TorchGraphs(other_model)
+    with torch.inference_mode():
+        images = StreamTracker(eager).preprocess(scene[0])
+        want, got = eager.encode_image(images), other.encode_image(images)
+        mine = compiled.encode_image(images)
+    assert other.compiles == {}
+    assert torch.allclose(want.embed, got.embed, atol=1e-4)
+    assert not torch.allclose(mine.embed, got.embed, atol=1e-2)
