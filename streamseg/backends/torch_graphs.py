@@ -1,9 +1,8 @@
 """Reference backend: runs the four graphs with the `sam2` PyTorch modules.
 
-On CUDA the image encoder runs in channels-last memory format (as Meta's optimised
-video predictor does): its convolutions then take cuDNN's NHWC kernels, which is
-what tensor cores want under bf16/fp16 autocast. On the CPU it stays contiguous
-FP32, where channels-last buys nothing for Hiera's few convolutions.
+On CUDA the image encoder runs in channels-last memory format: its convolutions then
+take cuDNN's NHWC kernels, the layout tensor cores use under bf16/fp16 autocast. On
+the CPU it stays contiguous FP32.
 """
 
 from __future__ import annotations
