@@ -4,6 +4,8 @@ every output) must leave the tracker's masks as eager torch makes them."""
 
 from __future__ import annotations
 
+import torch
+
 from streamseg.backends.torch_graphs import TorchGraphs
 from streamseg.doctor.plan import ModelSpec
 from streamseg.doctor.speed import ReplayedGraphs
@@ -11,6 +13,7 @@ from streamseg.doctor.tracking import agreement, build, frames, track
 
 
 def test_replayed_graphs_track_as_eager() -> None:
+    torch._dynamo.reset()  # compiled code is shared by instances: count this test's own
     spec = ModelSpec.parse("test")
     video = frames(6)
     graphs = ReplayedGraphs(build(spec))  # inductor's default mode: no CUDA graphs here
