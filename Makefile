@@ -22,5 +22,5 @@ test-deps:
 	./scripts/test-deps.sh
 
 test: setup test-deps lint
-	$(VENV)/bin/python -m pytest -q -m "not browser"
+	$(VENV)/bin/python -m pytest -q -m "not browser" --durations=25
 	./scripts/test-browser.sh
