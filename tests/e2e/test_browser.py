@@ -92,7 +92,9 @@ def _tint_checks(
         if near.all():
             checks.append((True, tinted < untouched, (x, y, tinted, untouched)))
         else:
-            ok = untouched < tinted and untouched < 45
+            # Compression noise reached 46 (sum over 3 channels) on a pixel whose
+            # tinted distance was 259: the bound leaves room for that, not for a tint.
+            ok = untouched < tinted and untouched < 60
             checks.append((False, ok, (x, y, tinted, untouched)))
     return checks
 
