@@ -20,7 +20,12 @@ import torch
 from streamseg.backends.base import SamGraphs
 from streamseg.backends.compiled import CompiledTorchGraphs, compile_graphs
 from streamseg.backends.export import PRECISIONS, export_precisions
-from streamseg.backends.select import export_folder, make_graphs
+from streamseg.backends.select import (
+    check_precision,
+    ensure_export,
+    export_folder,
+    make_graphs,
+)
 from streamseg.backends.trt_build import BankLimits
 from streamseg.model.build import build_network
 
@@ -36,13 +41,15 @@ class LoadedModel:
     module: Any
     graphs: SamGraphs
     backend: str = "torch"
+    precision: str | None = None  # the onnx backend's, when one was asked for
 
     @property
     def description(self) -> str:
         compiled = ", torch.compile" if isinstance(self.graphs, CompiledTorchGraphs) else ""
+        precision = f" ({self.precision})" if self.precision else ""
         return (
             f"sam2.1 {self.variant} @ {self.image_size}px, weights: {self.weights_label}, "
-            f"backend: {self.backend}{compiled}"
+            f"backend: {self.backend}{precision}{compiled}"
         )
 
 
@@ -57,13 +64,16 @@ def load_model(
     backend: str = "torch",
     limits: BankLimits | None = None,
     compile: bool = False,
+    precision: str | None = None,
 ) -> LoadedModel:
     """Build a registry variant with a weights spec ("official", "random", a path) and
     wrap it in `backend`. `limits`: the batches the caller will send (TensorRT profiles
     follow them). `compile`: the torch backend's image encoder and memory attention
-    through `torch.compile` (compiled on first use or by `graphs.warm_up`)."""
+    through `torch.compile` (compiled on first use or by `graphs.warm_up`). `precision`:
+    the onnx backend's (fp32, fp16, int8 on the CPU), checked before anything is built."""
     if compile and backend not in ("torch", "auto"):
         raise ValueError(f"--compile applies to the torch backend, not {backend}")
+    check_precision(backend, precision, device)
     net = build_network(
         variant_name,
         weights=weights,
@@ -72,7 +82,7 @@ def load_model(
         seed=seed,
         progress=progress,
     )
-    graphs = make_graphs(backend, net.module, net.variant, limits=limits)
+    graphs = make_graphs(backend, net.module, net.variant, precision=precision, limits=limits)
     return LoadedModel(
         variant=net.variant,
         weights_label=net.weights_label,
@@ -81,6 +91,7 @@ def load_model(
         module=net.module,
         graphs=compile_graphs(graphs) if compile else graphs,
         backend=backend,
+        precision=precision,
     )
 
 
@@ -96,8 +107,9 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="default: the variant's")
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     parser.add_argument(
-        "--precision", default="both", choices=["fp32", "fp16", "both"],
-        help="fp16 keeps RoPE, norms, softmax, score heads and mask logits in fp32",
+        "--precision", default="both", choices=["fp32", "fp16", "int8", "both"],
+        help="both: fp32 and fp16. fp16 keeps RoPE, norms, softmax, score heads and mask "
+        "logits in fp32; int8 (ONNX Runtime on CPU) is quantized from the fp32 export",
     )  # fmt: skip
     parser.add_argument(
         "--out", default=None, help="root folder (default: $STREAMSEG_ENGINES or engines/)"
@@ -114,8 +126,11 @@ def export_main(args: argparse.Namespace) -> int:
     except (WeightsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    precisions: Sequence[str] = PRECISIONS if args.precision == "both" else (args.precision,)
     root = Path(args.out) if args.out else None
+    if args.precision == "int8":
+        print(f"int8: {ensure_export(net.module, net.variant, 'int8', root)}")
+        return 0
+    precisions: Sequence[str] = PRECISIONS if args.precision == "both" else (args.precision,)
     folders = {p: export_folder(net.module, net.variant, p, root) for p in precisions}
     export_precisions(net.module, net.variant, folders)
     for precision, folder in folders.items():

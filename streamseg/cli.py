@@ -42,7 +42,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "threads": args.threads,
     }
     limits = ("max_peers", "max_streams", "max_tracks", "max_frame_side", "max_upload_bytes")
-    for name in ("host", "port", "drain_s", "backend", "compile", *limits):
+    for name in ("host", "port", "drain_s", "backend", "precision", "compile", *limits):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     if getattr(args, "ice_host", None):
@@ -101,6 +101,7 @@ def startup_banner(settings: Settings, tokens: TokenStore) -> str:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from streamseg.backends.select import check_precision
     from streamseg.server.app import InsecureBindError, create_app
     from streamseg.server.auth import AuthConfigError
     from streamseg.server.client_limits import uvicorn_options
@@ -109,6 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
     from streamseg.server.streams_file import StreamsFileError
 
     settings = _settings_from(args)
+    try:
+        check_precision(settings.backend, settings.precision, settings.resolved_device())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         app = create_app(settings)
     except (InsecureBindError, AuthConfigError, StreamsFileError, FoxgloveConfigError) as exc:
@@ -159,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a stop signal, answer /readyz 503 and keep serving this long (default 0)",
     )
     serve.add_argument("--backend", default=None, choices=["auto", "torch", "onnx", "tensorrt"])
+    serve.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "fp16", "int8"],
+        help="--backend onnx only (default: fp32 on a CPU, fp16 on a GPU); int8 runs on the "
+        "CPU (docs/ENGINES.md)",
+    )
     serve.add_argument(
         "--compile",
         action="store_true",

@@ -24,6 +24,7 @@ class Settings:
     weights: str = "official"  # "official" (download), "random", or a checkpoint path
     image_size: int | None = None  # default: the variant's own
     backend: str = "torch"
+    precision: str | None = None  # onnx backend: fp32 | fp16 | int8 (CPU); default by device
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str | None = None  # bfloat16 / float16 autocast on CUDA
     # torch backend: image encoder and memory attention through torch.compile (inductor),

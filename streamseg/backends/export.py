@@ -334,6 +334,14 @@ def _fold_identities(graph: Any) -> None:
     graph.node.extend(kept)
 
 
+def weights_as_initializers(graph: Any) -> None:
+    """Constant nodes and the exporter's Identity aliases of weights become plain
+    initializers, so a rewrite (FP16 conversion, INT8 quantization) finds every weight
+    as the direct input of the node that uses it."""
+    _constants_to_initializers(graph)
+    _fold_identities(graph)
+
+
 def convert_to_fp16(model: Any, policy: Fp16Policy) -> Any:
     """An FP16 copy of an FP32 ONNX model with FP32 islands and FP32 inputs/outputs.
 
@@ -347,8 +355,7 @@ def convert_to_fp16(model: Any, policy: Fp16Policy) -> Any:
 
     model = shape_inference.infer_shapes(model, strict_mode=True)
     graph = model.graph
-    _constants_to_initializers(graph)
-    _fold_identities(graph)
+    weights_as_initializers(graph)
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     elem: dict[str, int] = {t.name: t.data_type for t in graph.initializer}
     for vi in (*graph.input, *graph.output, *graph.value_info):

@@ -130,6 +130,11 @@ class OnnxGraphs(ExportedGraphs):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if device.type == "cpu":
+            # Idle pool threads spin by default, taking the cores from torch (the glue,
+            # the other backend in a benchmark) and the video threads; measured here
+            # the spinning gave ONNX Runtime itself nothing.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ORT 1.32's CPU-only pass that folds FP16 weights into FP32 nodes segfaults on
         # the FP16 memory-attention graph; it does nothing on GPU providers.
         skip = CPU_FP16_CRASHERS if self.manifest["precision"] == "fp16" else []

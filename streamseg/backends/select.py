@@ -2,7 +2,8 @@
 `tensorrt` (plans built on this GPU), or `auto`: TensorRT when it and CUDA are present
 and the model lives on the GPU, else torch on the model's device (CUDA, then CPU, as
 `load_model` chose). Exported graphs and plans are made on first use and cached under
-engines/<model>/<size>-<precision>-<weights>/."""
+engines/<model>/<size>-<precision>-<weights>/; the INT8 folder is quantized from the
+FP32 one (quantize.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,16 @@ from streamseg.backends.trt_build import BackendUnavailableError, BankLimits
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
-__all__ = ["BACKENDS", "BackendUnavailableError", "engines_dir", "export_folder", "make_graphs"]
+PRECISIONS = ("fp32", "fp16", "int8")  # of the onnx backend
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "BackendUnavailableError",
+    "check_precision",
+    "engines_dir",
+    "export_folder",
+    "make_graphs",
+]
 
 
 def engines_dir() -> Path:
@@ -39,11 +49,40 @@ def export_folder(
     return (root or engines_dir()) / model_name / name
 
 
+def check_precision(kind: str, precision: str | None, device: str | torch.device) -> None:
+    """Refuse a precision the backend cannot run, before anything is built: only the
+    onnx backend takes one, and INT8 runs on the CPU (ONNX Runtime's CPU kernels)."""
+    if precision is None:
+        return
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if kind != "onnx":
+        raise ValueError(
+            f"--precision {precision} needs --backend onnx (torch runs FP32, with --dtype "
+            "for CUDA autocast; tensorrt always runs the FP16 export)"
+        )
+    if precision == "int8" and torch.device(device).type != "cpu":
+        raise ValueError(
+            f"--precision int8 runs on the CPU only (ONNX Runtime's CPU kernels), not on "
+            f"{device}: add --device cpu, or use --precision fp16 on a GPU"
+        )
+
+
 def ensure_export(model: Any, model_name: str, precision: str, root: Path | None) -> Path:
-    """Export once; a folder counts as done when its manifest (written last) exists."""
+    """Export once; a folder counts as done when its manifest (written last) exists.
+    INT8 is quantized from the FP32 export (made first if missing), and made again
+    when the quantization recipe changed."""
     from streamseg.backends.export import export_graphs
 
     folder = export_folder(model, model_name, precision, root)
+    if precision == "int8":
+        from streamseg.backends.quantize import is_current, quantize_export
+
+        if not is_current(folder):
+            source = ensure_export(model, model_name, "fp32", root)
+            log.info("quantizing %s to INT8 in %s", source, folder)
+            quantize_export(source, folder)
+        return folder
     if not (folder / "manifest.json").is_file():
         log.info("exporting %s (%s) to %s", model_name, precision, folder)
         export_graphs(model, folder, model_name, precision)
@@ -98,14 +137,16 @@ def make_graphs(
 ) -> SamGraphs:
     """The graphs for backend `kind` on a built sam2 model.
 
-    `precision` applies to `onnx` (default fp32 on CPU, fp16 with CUDA); `tensorrt`
-    always runs the FP16 export. `limits`: the largest batches the server sends (see
-    `BankLimits.for_server`); TensorRT profiles are built for them, and larger batches
-    are split. Raises BackendUnavailableError when an explicitly asked-for backend
-    cannot run here; `auto` falls back to torch instead.
+    `precision` applies to `onnx` only (default fp32 on CPU, fp16 with CUDA; int8 on
+    the CPU only, see `check_precision`); `tensorrt` always runs the FP16 export.
+    `limits`: the largest batches the server sends (see `BankLimits.for_server`);
+    TensorRT profiles are built for them, and larger batches are split. Raises
+    BackendUnavailableError when an explicitly asked-for backend cannot run here;
+    `auto` falls back to torch instead.
     """
     if kind not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    check_precision(kind, precision, model.device)
     limits = limits or BankLimits()
     if kind == "auto":
         if tensorrt_usable(model):

@@ -186,6 +186,13 @@ def bench_main(args: argparse.Namespace) -> int:
     return _run_mode(args)
 
 
+def _tracked_frames(text: str) -> int:
+    frames = int(text)
+    if frames < 9:
+        raise argparse.ArgumentTypeError(f"at least 9 (the bank is full from frame 8), got {text}")
+    return frames
+
+
 def add_bench_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """`streamseg bench [matrix flags]` or `streamseg bench <mode> [mode flags]`."""
     bench = sub.add_parser(
@@ -220,10 +227,19 @@ def add_bench_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser
     ws.add_argument(
         "--slow-reads", type=int, default=30, help="reads of the once-a-second clients (0: none)"
     )
-    backend = modes.add_parser("backend", help="torch vs ONNX Runtime, per graph and frame")
+    backend = modes.add_parser(
+        "backend", help="torch fp32 vs ONNX Runtime per precision: per graph, per step, drift"
+    )
     add_model_args(backend)
-    backend.add_argument("--frames", type=int, default=12)
-    backend.add_argument("--repeat", type=int, default=5)
+    backend.add_argument("--precision", default="fp32,int8", help="ONNX precisions: fp32,fp16,int8")
+    backend.add_argument(
+        "--frames",
+        type=_tracked_frames,
+        default=30,
+        help="tracked frames, at least 9: steps are timed once the memory bank is full",
+    )
+    backend.add_argument("--objects", type=int, default=3, choices=[1, 2, 3])
+    backend.add_argument("--repeat", type=int, default=7, help="calls per graph timing")
     propagation = modes.add_parser(
         "propagation", help="masks between model steps vs ground truth; per-frame cost"
     )

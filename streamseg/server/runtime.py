@@ -91,6 +91,7 @@ class Runtime:
             device=device,
             seed=s.seed,
             backend=s.backend,
+            precision=s.precision,
             limits=plan_limits(s),
             compile=s.compile,
         )
