@@ -126,8 +126,15 @@ def port_of(url: httpx.URL) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
 
 
+def wire_host(url: httpx.URL) -> str:
+    """The host as it goes into DNS, `Host` and SNI: ASCII (an IDN as `xn--` labels;
+    `url.host` gives it decoded, which a header cannot carry)."""
+    return url.raw_host.decode("ascii")
+
+
 def host_header(url: httpx.URL) -> str:
-    host = f"[{url.host}]" if ":" in url.host else url.host
+    host = wire_host(url)
+    host = f"[{host}]" if ":" in host else host
     return host if url.port is None else f"{host}:{url.port}"
 
 
@@ -198,7 +205,8 @@ def status_refusal(status: int) -> FetchError | None:
 
 @lru_cache(maxsize=4)
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Made once per CA file: loading a CA bundle takes ~60 ms, on the event loop."""
+    """Made once per CA file: loading a CA bundle takes ~60 ms (`_fetch` calls this
+    off the event loop)."""
     if ca_file:
         return ssl.create_default_context(cafile=ca_file)
     return httpx.create_ssl_context(trust_env=False)  # certifi's bundle
@@ -214,7 +222,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
 async def _checked_addresses(url: httpx.URL, policy: SourcePolicy, resolve: Resolver) -> list[str]:
     """The addresses the host resolves to now, each allowed by the policy."""
     try:
-        addresses = await resolve(url.host, port_of(url))
+        addresses = await resolve(wire_host(url), port_of(url))
     except (OSError, UnicodeError):
         raise FetchError(
             "fetch_failed", "the host name does not resolve", Reason.UNREACHABLE
@@ -251,7 +259,7 @@ async def _get_pinned(
         "Accept": "image/*",
         "Accept-Encoding": "identity",
     }
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    extensions = {"sni_hostname": wire_host(url)} if url.scheme == "https" else {}
     last: httpx.ConnectError | None = None
     for address in addresses:
         request = client.build_request(
@@ -300,7 +308,7 @@ _CONNECT_TEXT = {
 async def _fetch(
     url: httpx.URL, policy: SourcePolicy, limits: FetchLimits, resolve: Resolver
 ) -> bytes:
-    tls = _tls_context(policy.ca_file)
+    tls = await asyncio.to_thread(_tls_context, policy.ca_file)
     async with httpx.AsyncClient(
         trust_env=False,  # no proxy from the environment: it would connect elsewhere
         follow_redirects=False,

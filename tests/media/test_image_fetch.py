@@ -74,6 +74,13 @@ async def test_connects_to_the_checked_address_with_the_name_in_host(
     assert body == PNG and seen.requests == [("/img.png", f"images.invalid:{port}")]
 
 
+async def test_an_idn_host_goes_out_in_its_ascii_form(server: tuple[str, int, Seen]) -> None:
+    _, port, seen = server
+    resolve = _resolving({"xn--bcher-kva.invalid": ["127.0.0.1"]})
+    body = await fetch_image(f"http://bücher.invalid:{port}/img.png", LOOPBACK, LIMITS, resolve)
+    assert body == PNG and seen.requests == [("/img.png", f"xn--bcher-kva.invalid:{port}")]
+
+
 async def test_same_host_redirect_is_followed_and_checked_again(
     server: tuple[str, int, Seen],
 ) -> None:
