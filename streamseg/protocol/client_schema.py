@@ -13,6 +13,7 @@ import msgspec
 
 from streamseg.protocol import models
 from streamseg.protocol.prompts import PromptLimits
+from streamseg.protocol.schema_export import inline_refs
 
 _BY_TAG = {cls.__struct_config__.tag: cls for cls in get_args(models.AnyClientMessage)}
 
@@ -35,20 +36,8 @@ def request_schema(limits: PromptLimits, types: tuple[str, ...]) -> dict[str, An
         ):
             if name in props:
                 _set_bound(props[name], *bound)
-    inlined: dict[str, Any] = _inline(root, defs)
-    inlined.pop("discriminator", None)  # an OpenAPI keyword whose mapping named the refs
+    inlined: dict[str, Any] = inline_refs(root, defs)
     return inlined
-
-
-def _inline(schema: Any, defs: dict[str, Any]) -> Any:
-    if isinstance(schema, list):
-        return [_inline(s, defs) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _inline(v, defs) for k, v in schema.items() if k != "$ref"}
-    if "$ref" in schema:
-        out = {**_inline(defs[schema["$ref"]], defs), **out}
-    return out
 
 
 def _set_bound(schema: dict[str, Any], key: str, value: int) -> None:

@@ -81,6 +81,21 @@ def components(
     return by_name, _with_rules(portable(defs), rules or {})
 
 
+def inline_refs(schema: Any, defs: Mapping[str, Any]) -> Any:
+    """`schema` with every reference (written with ref_template ``{name}``) replaced by
+    its definition and OpenAPI's `discriminator` (whose mapping named the references)
+    left out, to sit inside another document as it is (an OpenAPI body). The models
+    are not recursive."""
+    if isinstance(schema, list):
+        return [inline_refs(s, defs) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: inline_refs(v, defs) for k, v in schema.items() if k not in ("$ref", "discriminator")}
+    if "$ref" in schema:
+        out = {**inline_refs(defs[schema["$ref"]], defs), **out}
+    return out
+
+
 def _references(value: Any, ref: str) -> bool:
     if isinstance(value, dict):
         return value.get("$ref") == ref or any(_references(v, ref) for v in value.values())

@@ -31,6 +31,7 @@ from streamseg.protocol import explain
 from streamseg.protocol.masks import MaskEncoding, encode_mask, rle_encode
 from streamseg.protocol.models import Label, dec_hook
 from streamseg.protocol.prompts import AddPrompt, PromptError, PromptLimits, parse_client_message
+from streamseg.protocol.schema_export import inline_refs
 from streamseg.protocol.server_models import PixelBox
 
 BASE64_PATTERN: Final = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
@@ -298,22 +299,10 @@ def _field_error(exc: msgspec.ValidationError, body: Mapping[str, Any]) -> Reque
 
 
 def inline_schema(struct: Any) -> dict[str, Any]:
-    """The JSON Schema of `struct` with every reference replaced by its definition (the
-    structs here are not recursive), to sit inside an OpenAPI operation as it is."""
-    schema = msgspec.json.schema(struct)
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {k: resolve(v) for k, v in node.items() if k != "discriminator"}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
+    """The JSON Schema of `struct` without references, to sit inside an OpenAPI
+    operation as it is."""
+    (root,), defs = msgspec.json.schema_components([struct], ref_template="{name}")
+    resolved: dict[str, Any] = inline_refs(root, defs)
     return resolved
 
 
