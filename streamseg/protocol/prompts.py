@@ -100,7 +100,6 @@ class NextResult(msgspec.Struct, frozen=True):
 
 
 FeedMessage: TypeAlias = ClientMessage | NextResult
-WireMessage: TypeAlias = models.Prompt | models.Remove | models.Reset | models.Options
 
 _CLIENT = msgspec.json.Decoder(models.AnyClientMessage, dec_hook=models.dec_hook)
 _FEED = msgspec.json.Decoder(models.AnyFeedMessage, dec_hook=models.dec_hook)
@@ -167,19 +166,16 @@ def _convert(body: Mapping[str, Any], union: Any, limits: PromptLimits) -> Any:
     except msgspec.ValidationError as exc:
         raise _refusal(exc, body, union, limits) from None
     if isinstance(wire, models.Prompt):
-        for name, values in (("points", wire.points), ("box", wire.box)):
-            for where, value in _numbers(name, values):
-                if not math.isfinite(value):
-                    raise _bad(f"'{where}' must be a finite number, got {value!r}", where)
+        numbers = [
+            (f"points[{i}][{j}]", v)
+            for i, p in enumerate(wire.points or ())
+            for j, v in enumerate(p)
+        ]
+        numbers += [(f"box[{i}]", v) for i, v in enumerate(wire.box or ())]
+        for where, value in numbers:
+            if not math.isfinite(value):
+                raise _bad(f"'{where}' must be a finite number, got {value!r}", where)
     return wire
-
-
-def _numbers(name: str, values: Any) -> list[tuple[str, float]]:
-    if values is None:
-        return []
-    if name == "points":
-        return [(f"points[{i}][{j}]", v) for i, p in enumerate(values) for j, v in enumerate(p)]
-    return [(f"box[{i}]", v) for i, v in enumerate(values)]
 
 
 def _refusal(
@@ -271,7 +267,7 @@ def _prompt(wire: models.Prompt, limits: PromptLimits) -> AddPrompt:
     )
 
 
-def _checked(wire: WireMessage, limits: PromptLimits) -> ClientMessage:
+def _checked(wire: models.AnyClientMessage, limits: PromptLimits) -> ClientMessage:
     request_id = wire.request_id
     if request_id is not None and len(request_id) > limits.max_request_id_chars:
         raise _bad(
