@@ -21,6 +21,7 @@ import torch
 
 from streamseg.backends.compiled import CompiledTorchGraphs
 from streamseg.backends.torch_graphs import TorchGraphs
+from streamseg.bench.drift import iou
 from streamseg.media.synthetic import moving_scene, shape_boxes
 from streamseg.model.build import build_sam2
 from streamseg.model.tracker import FrameResult, StreamTracker
@@ -125,9 +126,7 @@ def _parity(eager: FrameResult, other: FrameResult) -> dict[str, float]:
         worst["max_abs_logit"] = max(
             worst["max_abs_logit"], float(np.abs(a.low_res_logits - b.low_res_logits).max())
         )
-        union = np.logical_or(a.mask, b.mask).sum()
-        iou = float(np.logical_and(a.mask, b.mask).sum() / union) if union else 1.0
-        worst["min_iou"] = min(worst["min_iou"], iou)
+        worst["min_iou"] = min(worst["min_iou"], iou(a.mask, b.mask))
     return worst
 
 
