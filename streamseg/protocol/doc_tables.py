@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-BEGIN = "<!-- generated:begin {name} -->"
 END = "<!-- generated:end -->"
 _BLOCK = re.compile(
     r"(<!-- generated:begin (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- generated:end -->)",

@@ -4,7 +4,7 @@
 Each declaration is the decoder, the validation and the documentation at once:
 `msgspec.json.Decoder(AnyClientMessage, dec_hook=dec_hook)` validates a client message
 in C, and `msgspec.json.schema_components(...)` turns the same classes into JSON Schema
-with the docstrings and field descriptions below (`json_schemas()` does that for every
+with the docstrings and field descriptions below (`schema_export` does that for every
 message). Field names and order are those on the wire.
 
 Client messages are a tagged union on ``type`` and refuse unknown fields. Server
@@ -20,11 +20,9 @@ published at their defaults (`DEFAULT_LIMITS`) and checked at run time
 
 from __future__ import annotations
 
-import copy
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
-import msgspec
 from msgspec import Meta, Struct
 
 from streamseg.protocol.masks import MaskEncoding
@@ -74,7 +72,6 @@ __all__ = [
     "TrackHeader",
     "WholeNumber",
     "dec_hook",
-    "json_schemas",
     "whole_number",
 ]
 
@@ -288,14 +285,3 @@ PROMPT_RULES: Final = MappingProxyType(
 """What JSON Schema can say of `Prompt` beyond its fields, merged into its schema:
 points come with labels, and a prompt has points or a box. (One label per point, and
 x0 < x1 in a box, compare values: the server checks them.)"""
-
-
-def json_schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """(each message's schema by class name, the component schemas they refer to as
-    ``#/components/schemas/{name}``)."""
-    types = (*CLIENT_MESSAGES, *SERVER_MESSAGES)
-    schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
-    )
-    components["Prompt"].update(copy.deepcopy(dict(PROMPT_RULES)))
-    return {t.__name__: s for t, s in zip(types, schemas, strict=True)}, components

@@ -8,7 +8,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from streamseg.protocol import messages, models
+from streamseg.protocol import messages, models, schema_export
+from streamseg.protocol.catalogue import MODEL_RULES, catalogue
 from streamseg.protocol.masks import MaskEncoding
 from streamseg.protocol.prompts import PromptLimits
 
@@ -52,10 +53,9 @@ def test_whole_numbers_decode_to_plain_ints() -> None:
 
 
 def test_every_message_has_a_described_schema() -> None:
-    schemas, components = models.json_schemas()
-    assert set(schemas) == {t.__name__ for t in (*models.CLIENT_MESSAGES, *models.SERVER_MESSAGES)}
-    for name in schemas:
-        assert components[name]["description"], name
+    _, components = schema_export.components(catalogue(), MODEL_RULES)
+    for model in (*models.CLIENT_MESSAGES, *models.SERVER_MESSAGES):
+        assert components[model.__name__]["description"], model.__name__
     prompt = components["Prompt"]
     assert prompt["additionalProperties"] is False
     assert prompt["properties"]["track_id"]["description"]
