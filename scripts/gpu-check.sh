@@ -20,6 +20,7 @@
 # its torch; run: python3), GPU_CHECK_PYTHON_VERSION (3.12), GPU_CHECK_LIMIT_MIB (64),
 # GPU_CHECK_SECONDS (480), GPU_CHECK_DEVICE (cuda), GPU_CHECK_SITE (a temporary folder).
 set -euo pipefail
+shopt -s inherit_errexit # a failed pip inside $(...) stops the script there
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 usage() {
@@ -140,11 +141,17 @@ run() {
   [ -f "$wheels/wheels.txt" ] || { echo "gpu-check: $wheels has no wheels.txt" >&2; exit 2; }
   mkdir -p "$out"
   exec > >(tee -a "$out/gpu-check.log") 2>&1
-  local site="${GPU_CHECK_SITE:-$(mktemp -d)/site}" files
-  mapfile -t files < <(to_install "$py" "$wheels")
-  echo "gpu-check: installing into $site: ${files[*]##*/}"
-  "$py" -m pip install --quiet --no-index --no-deps --no-compile --disable-pip-version-check \
-    --target "$site" "${files[@]}"
+  local site="${GPU_CHECK_SITE:-$(mktemp -d)/site}" files files_list
+  files_list="$(to_install "$py" "$wheels")" # not `< <(...)`: its failure would be lost
+  files=()
+  [ -z "$files_list" ] || mapfile -t files <<<"$files_list"
+  if ((${#files[@]})); then
+    echo "gpu-check: installing into $site: ${files[*]##*/}"
+    "$py" -m pip install --quiet --no-index --no-deps --no-compile --disable-pip-version-check \
+      --target "$site" "${files[@]}"
+  else
+    echo "gpu-check: this host has everything the wheelhouse carries"
+  fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   local modules="torch numpy PIL cv2 yaml tqdm hydra omegaconf iopath sam2 streamseg" absent
   absent="$("$py" -c 'import importlib.util, sys
@@ -156,6 +163,11 @@ print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))'
   fi
   # Leave a margin for the last check's process and the table.
   local left=$((seconds - ($(date +%s) - start) - 30))
+  if ((left < 60)); then
+    echo "gpu-check: installing took $(($(date +%s) - start)) s of the ${seconds} s" \
+      "(GPU_CHECK_SECONDS): too little is left for the checks" >&2
+    exit 2
+  fi
   echo "gpu-check: streamseg doctor, budget ${left} s"
   local status=0
   timeout -k 10 $((left + 20)) "$py" -m streamseg.cli doctor \
