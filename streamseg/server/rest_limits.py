@@ -66,14 +66,15 @@ class RestAdmission:
 
     def try_acquire(self, key: str) -> tuple[str, float] | None:
         """None when admitted (call `release` when done), else (reason, seconds to
-        wait): reason `busy` (the total), `rate` or `concurrency`."""
+        wait): reason `busy` (the total), `callers` (too many distinct callers),
+        `rate` or `concurrency`."""
         now = self._clock()
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
                 self._forget_idle(now)
                 if len(self._buckets) >= MAX_KEYS:
-                    return "busy", 1.0
+                    return "callers", 1.0
                 bucket = self._buckets[key] = _Bucket(float(self.burst), now)
             if self.rate_per_s > 0:
                 elapsed = now - bucket.stamp
@@ -135,6 +136,7 @@ async def _admit(request: Request) -> AsyncIterator[None]:
         s = request.app.state.runtime.settings
         messages = {
             "busy": f"{s.rest_queue} REST inference requests are in progress; retry later",
+            "callers": "too many distinct callers are using REST inference; retry later",
             "concurrency": f"at most {s.rest_concurrency_per_token} REST inference requests "
             "at once per token",
             "rate": f"at most {s.rest_rate_per_s:g} REST inference requests a second per "
@@ -142,7 +144,10 @@ async def _admit(request: Request) -> AsyncIterator[None]:
         }
         raise HTTPException(
             429,
-            {"code": "busy" if reason == "busy" else "rate_limited", "message": messages[reason]},
+            {
+                "code": "busy" if reason in ("busy", "callers") else "rate_limited",
+                "message": messages[reason],
+            },
             headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
         )
     try:

@@ -57,7 +57,7 @@ def test_the_caller_table_is_bounded_by_refusing_new_callers() -> None:
         key = f"10.0.{i // 256}.{i % 256}"
         assert admission.try_acquire(key) is None
         admission.release(key)
-    assert admission.try_acquire("new") == ("busy", 1.0)
+    assert admission.try_acquire("new") == ("callers", 1.0)
     assert admission.try_acquire("10.0.0.0") is not None  # a known caller keeps its bucket
     now[0] = 2.0  # every bucket is full again: idle ones are forgotten
     assert admission.try_acquire("new") is None
