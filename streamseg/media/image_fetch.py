@@ -25,6 +25,7 @@ the event loop (DNS in the loop's executor), so a slow server never blocks it.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ from streamseg.media.source_policy import (
     redact,
 )
 from streamseg.protocol.error_codes import ERROR_CODES
+
+log = logging.getLogger(__name__)
 
 FETCH_SCHEMES: Final = ("http", "https")
 MAX_URL_CHARS: Final = 4096
@@ -308,7 +311,15 @@ _CONNECT_TEXT = {
 async def _fetch(
     url: httpx.URL, policy: SourcePolicy, limits: FetchLimits, resolve: Resolver
 ) -> bytes:
-    tls = await asyncio.to_thread(_tls_context, policy.ca_file)
+    try:
+        tls = await asyncio.to_thread(_tls_context, policy.ca_file)
+    except (OSError, ssl.SSLError):
+        log.error("image fetch: the CA file of the source policy cannot be loaded")
+        raise FetchError(
+            "fetch_failed",
+            "the server's CA file for sources (source_ca_file) cannot be loaded",
+            Reason.TLS,
+        ) from None
     async with httpx.AsyncClient(
         trust_env=False,  # no proxy from the environment: it would connect elsewhere
         follow_redirects=False,

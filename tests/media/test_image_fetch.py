@@ -102,6 +102,16 @@ async def test_tls_is_verified_for_the_name_on_the_pinned_address(tmp_path: Path
         assert [p for p, _ in seen.requests] == ["/img.png"]
 
 
+async def test_an_unreadable_ca_file_is_a_refusal_not_a_crash(
+    server: tuple[str, int, Seen], tmp_path: Path
+) -> None:
+    base, _, seen = server
+    policy = SourcePolicy(allow_loopback=True, ca_file=str(tmp_path / "missing.pem"))
+    error = await _refused(f"{base}/img.png", policy)
+    assert (error.code, error.reason) == ("fetch_failed", Reason.TLS)
+    assert "missing.pem" not in str(error) and seen.requests == []
+
+
 # ---- refused before any connection ------------------------------------------------------
 
 
